@@ -1,0 +1,61 @@
+"""The command-line grammar (CLI.md): argparse only, so `--help` never loads a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models")
+    g.add_argument("--config", type=Path, help="settings file (TOML); default ~/.config/yijia-assistant/config.toml")
+    g.add_argument("--base", help="base model: 'bundled', a Hugging Face id, a local folder or a .gguf file")
+    g.add_argument("--bf16", action="store_true", help="load the base in bf16 instead of 4-bit NF4")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: CUDA when present)")
+    g.add_argument("--encoder", help="sentence encoder: 'bundled' or a sentence-transformers id/folder")
+    g.add_argument("--adapters-dir", type=Path, help="folder of adapters (default: the repo's adapters/)")
+    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def _generation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", default="auto", help="auto (default) | base | an adapter name: force a route")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 256)")
+    parser.add_argument("--system", help="system prompt (default: the assistant's identity)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+
+
+def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.ArgumentParser:
+    """The full parser. `extra` lets training/eval/bench add their sub-commands without importing torch."""
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="上海颐家 assistant: routes each question to the right expert (LoRA adapter) on one local base model.",
+        epilog="With no command: the chat TUI when stdin is a terminal, else `ask` over stdin.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="the chat TUI")
+    _common(chat)
+    chat.add_argument("--adapter", default="auto", help="auto | base | an adapter name")
+
+    ask = sub.add_parser("ask", help="answer TEXT or every non-empty stdin line")
+    _common(ask)
+    _generation(ask)
+    ask.add_argument("text", nargs="*", help="questions (default: read stdin)")
+    ask.add_argument("--json", action="store_true", help="one JSON object per query (JSON Lines)")
+    ask.add_argument("--conversation", action="store_true", help="stdin lines are turns of one conversation")
+
+    route = sub.add_parser("route", help="routing only, no generation")
+    _common(route)
+    route.add_argument("text", nargs="*", help="questions (default: read stdin)")
+    route.add_argument("--json", action="store_true", help="one JSON object per query")
+
+    adapters = sub.add_parser("adapters", help="list the installed adapters")
+    _common(adapters)
+    adapters.add_argument("--json", action="store_true")
+
+    prepare = sub.add_parser("prepare", help="convert and cache the bundled models (run once; the other commands do it too)")
+    _common(prepare)
+
+    for name, register in extra or []:
+        register(sub, _common)  # type: ignore[operator]
+    return parser

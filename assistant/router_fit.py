@@ -1,0 +1,160 @@
+"""Fitting the router: cross-validation, abstention thresholds from data, and a fingerprinted cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from assistant.classifier import SoftmaxClassifier, StoredRouter
+from assistant.config import cache_dir
+from assistant.encoders import Encoder
+from assistant.metrics import ClassificationReport, classification_report
+from assistant.router import decide
+from data.labels import Example
+
+CONFIDENCE_GRID = tuple(np.round(np.arange(0.50, 0.96, 0.05), 2))
+MARGIN_GRID = tuple(np.round(np.arange(0.0, 0.81, 0.1), 2))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted router and how well it cross-validated."""
+
+    stored: StoredRouter
+    cv_report: ClassificationReport
+    from_cache: bool = False
+
+
+def fingerprint(encoder_name: str, examples: Sequence[Example]) -> str:
+    """Identifies a router by its encoder and its exact training data."""
+    digest = hashlib.sha256(encoder_name.encode())
+    for ex in sorted(examples, key=lambda e: (e.label, e.text)):
+        digest.update(f"\x00{ex.label}\x01{ex.text}".encode())
+    return digest.hexdigest()
+
+
+def _folds(labels: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
+    """Stratified fold ids, deterministic."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(labels), dtype=int)
+    for label in sorted(set(labels)):
+        idx = np.array([i for i, lab in enumerate(labels) if lab == label])
+        rng.shuffle(idx)
+        fold[idx] = np.arange(len(idx)) % k
+    return [np.flatnonzero(fold == f) for f in range(k)]
+
+
+def out_of_fold_probabilities(x: np.ndarray, labels: Sequence[str], k: int = 5) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each example scored by a classifier that never saw it."""
+    classes = tuple(sorted(set(labels)))
+    probs = np.zeros((len(labels), len(classes)))
+    y = np.array(labels)
+    for held in _folds(labels, k):
+        train = np.setdiff1d(np.arange(len(labels)), held)
+        clf = SoftmaxClassifier.fit(x[train], list(y[train]))
+        cols = [classes.index(c) for c in clf.classes]
+        probs[np.ix_(held, cols)] = clf.predict_proba(x[held])
+    return probs, classes
+
+
+def fit_thresholds(probs: np.ndarray, classes: Sequence[str], labels: Sequence[str]) -> tuple[float, float]:
+    """Pick the abstention thresholds with the best balanced accuracy on out-of-fold scores.
+
+    Ties go to the smallest thresholds, so the router abstains only when the data says it helps.
+    """
+    best = (-1.0, 0.0, 0.0)
+    routes = sorted(set(labels))
+    for conf in CONFIDENCE_GRID:
+        for margin in MARGIN_GRID:
+            predicted = [decide(p, classes, float(conf), float(margin))[0] for p in probs]
+            recalls = [
+                np.mean([pr == lab for pr, lab in zip(predicted, labels, strict=True) if lab == r]) for r in routes
+            ]
+            score = float(np.mean(recalls))
+            if score > best[0] + 1e-9:
+                best = (score, float(conf), float(margin))
+    return best[1], best[2]
+
+
+def encode_with_progress(encoder: Encoder, texts: Sequence[str], log: Callable[[str], None], batch: int = 128) -> np.ndarray:
+    """Encode many texts in batches, reporting progress (the first fit encodes a few thousand)."""
+    parts = []
+    for start in range(0, len(texts), batch):
+        parts.append(encoder.encode(texts[start : start + batch]))
+        log(f"\rencoding routing examples {min(start + batch, len(texts))}/{len(texts)}")
+    log("\n")
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def fit_router(encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, folds: int = 5) -> FitResult:
+    """Fit the classifier on all examples, with thresholds and a report from k-fold cross-validation."""
+    log = log or (lambda s: None)
+    labels = [e.label for e in examples]
+    if len(set(labels)) < 2:
+        raise ValueError("the router needs examples of at least two routes")
+    x = encode_with_progress(encoder, [e.text for e in examples], log)
+    probs, classes = out_of_fold_probabilities(x, labels, folds)
+    min_conf, min_margin = fit_thresholds(probs, classes, labels)
+    cv_predicted = [decide(p, classes, min_conf, min_margin)[0] for p in probs]
+    report = classification_report(labels, cv_predicted)
+    stored = StoredRouter(
+        classifier=SoftmaxClassifier.fit(x, labels),
+        min_confidence=min_conf,
+        min_margin=min_margin,
+        encoder_name=encoder.name,
+        fingerprint=fingerprint(encoder.name, examples),
+        example_texts=[e.text for e in examples],
+        example_labels=labels,
+        example_vectors=x.astype(np.float16),
+        metrics={"cv_accuracy": report.accuracy, "folds": folds, "examples": len(examples), **report.as_dict()},
+    )
+    return FitResult(stored, report)
+
+
+def router_cache_dir() -> Path:
+    return cache_dir() / "router"
+
+
+def save_router(stored: StoredRouter, folder: Path | None = None) -> Path:
+    """Write atomically: a crash leaves the previous router, never a half-written one."""
+    folder = folder or router_cache_dir() / stored.fingerprint[:16]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".router.", dir=folder.parent))
+    try:
+        stored.save(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_or_fit_router(encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None) -> FitResult:
+    """The cached router for exactly this encoder and data, fitted (and cached) when missing or damaged."""
+    log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
+    key = fingerprint(encoder.name, examples)
+    folder = router_cache_dir() / key[:16]
+    try:
+        stored = StoredRouter.load(folder)
+        if stored.fingerprint == key:
+            report_dict = stored.metrics
+            report = ClassificationReport(
+                float(report_dict.get("cv_accuracy", 0.0)), {}, tuple(report_dict.get("labels", ())), ()
+            )
+            return FitResult(stored, report, from_cache=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        pass  # missing or damaged: refit below
+    log(f"fitting the router on {len(examples)} labelled examples (once; cached afterwards)\n")
+    result = fit_router(encoder, examples, log)
+    save_router(result.stored, folder)
+    return result

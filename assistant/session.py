@@ -1,0 +1,171 @@
+"""ChatSession.ask(text) -> events: the one code path behind the TUI and the stdin runner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from assistant.engine import Engine, GenerationParams, Message, StreamStats
+from assistant.errors import USER_ERRORS, UsageError
+from assistant.router import GENERAL, Candidate, RouteChoice
+
+AUTO = "auto"
+BASE = "base"
+#: A follow-up leaves the current route only when the router is at least this sure.
+STICKY_CONFIDENCE = 0.90
+
+
+class RoutesText(Protocol):
+    """What the session needs from a router."""
+
+    def route(self, text: str) -> RouteChoice: ...
+
+
+@dataclass(frozen=True)
+class RouteChosen:
+    """Where this answer comes from; `adapter=None` is the base model."""
+
+    choice: RouteChoice
+    adapter: str | None
+    forced: bool = False
+    sticky: bool = False  # kept the previous turn's route although the router leaned elsewhere
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of the answer, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The answer is complete (or was stopped: `stopped=True`, partial text kept)."""
+
+    answer: str
+    new_tokens: int
+    latency_ms: float
+    tokens_per_s: float
+    stopped: bool = False
+    truncated_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The answer failed; `partial` is what had streamed before."""
+
+    error: str
+    hint: str = ""
+    partial: str = ""
+
+
+Event = RouteChosen | Token | Done | Failed
+
+
+def forced_choice(route: str, adapter: str | None) -> RouteChoice:
+    """A RouteChoice for a user-forced route (the router is not consulted)."""
+    return RouteChoice(route, adapter, 1.0, 1.0, (Candidate(route, 1.0),), predicted=route)
+
+
+class ChatSession:
+    """Routes each question, answers it through the chosen adapter, and keeps the conversation."""
+
+    def __init__(
+        self,
+        router: RoutesText,
+        engine: Engine,
+        params: GenerationParams | None = None,
+        system_prompt: str | None = None,
+        keep_history: bool = True,
+        sticky: bool = False,
+    ) -> None:
+        self.router = router
+        self.engine = engine
+        self.params = params or GenerationParams()
+        self.system_prompt = system_prompt
+        self.keep_history = keep_history
+        self.sticky = sticky
+        self.history: list[Message] = []
+        self.override: str | None = None  # None = auto routing; BASE or an adapter name forces it
+        self._last_route: tuple[str, str | None] | None = None
+
+    def installed(self) -> dict[str, str]:
+        """Installed adapter name -> its route."""
+        return {a.name: a.route for a in self.engine.adapters()}
+
+    def set_override(self, value: str) -> None:
+        """`auto`, `base` or an installed adapter name; anything else is a UsageError."""
+        if value == AUTO:
+            self.override = None
+        elif value == BASE or value in self.installed():
+            self.override = value
+        else:
+            names = ", ".join(sorted(self.installed())) or "none installed"
+            raise UsageError(f"no adapter named {value!r}", f"use auto, base or one of: {names}")
+
+    def reset(self) -> None:
+        """Start a new conversation."""
+        self.history.clear()
+        self._last_route = None
+
+    def choose(self, text: str) -> RouteChosen:
+        """Decide the route and adapter for `text` without generating."""
+        installed = self.installed()
+        if self.override == BASE:
+            return RouteChosen(forced_choice(GENERAL, None), None, forced=True)
+        if self.override is not None:
+            route = installed[self.override]
+            return RouteChosen(forced_choice(route, self.override), self.override, forced=True)
+        choice = self.router.route(text)
+        route, adapter, sticky = choice.route, choice.adapter, False
+        if self.sticky and self._last_route and self._last_route[0] != route and self.history:
+            clearly = not choice.abstained and choice.confidence >= STICKY_CONFIDENCE
+            if not clearly:
+                route, adapter = self._last_route
+                sticky = True
+        warning = None
+        if adapter is not None and adapter not in installed:
+            warning = f"route {route!r} has no installed adapter {adapter!r}; the base model answers"
+            adapter = None
+        if sticky or route != choice.route:
+            choice = replace(choice, route=route, adapter=adapter)
+        return RouteChosen(choice, adapter, sticky=sticky, warning=warning)
+
+    def ask(self, text: str, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Route `text`, stream the answer, and remember the turn (even a stopped one)."""
+        start = time.perf_counter()
+        try:
+            chosen = self.choose(text)
+        except USER_ERRORS as exc:
+            yield Failed(getattr(exc, "message", str(exc)), getattr(exc, "hint", ""))
+            return
+        yield chosen
+        messages = list(self.history) if self.keep_history else []
+        if self.system_prompt:
+            messages.insert(0, Message("system", self.system_prompt))
+        messages.append(Message("user", text))
+        stats = StreamStats()
+        pieces: list[str] = []
+        try:
+            for piece in self.engine.stream(messages, chosen.adapter, self.params, cancel, stats):
+                pieces.append(piece)
+                yield Token(piece)
+        except USER_ERRORS as exc:
+            yield Failed(getattr(exc, "message", str(exc)), getattr(exc, "hint", ""), "".join(pieces))
+            return
+        except Exception as exc:  # noqa: BLE001 - a model failure must not kill the shell
+            yield Failed(f"generation failed: {type(exc).__name__}: {exc}", "try again, or a shorter question", "".join(pieces))
+            return
+        answer = "".join(pieces)
+        elapsed = time.perf_counter() - start
+        stopped = cancel is not None and cancel.is_set()
+        decode_s = max(stats.total_s - stats.first_token_s, 1e-9)
+        rate = (stats.new_tokens - 1) / decode_s if stats.new_tokens > 1 else 0.0
+        if self.keep_history:
+            self.history += [Message("user", text), Message("assistant", answer)]
+        self._last_route = (chosen.choice.route, chosen.adapter)
+        yield Done(answer, stats.new_tokens, elapsed * 1000.0, rate, stopped, stats.truncated_prompt)

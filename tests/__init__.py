@@ -1,0 +1,1 @@
+"""Tests: fast by default; `slow` ones need the real bundled models."""
