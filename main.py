@@ -70,7 +70,9 @@ def build_encoder(settings: Settings) -> Any:
 def routing_files(settings: Settings, adapters: list[AdapterInfo]) -> list[Path]:
     """The project's labelled data plus each installed adapter's own route examples."""
     files = list(settings.routing_data)
-    files += [Path(a.path) / "route-examples.jsonl" for a in adapters if (Path(a.path) / "route-examples.jsonl").is_file()]
+    files += [
+        Path(a.path) / "route-examples.jsonl" for a in adapters if (Path(a.path) / "route-examples.jsonl").is_file()
+    ]
     return files
 
 
@@ -91,11 +93,16 @@ def build_router(settings: Settings, adapters: list[AdapterInfo]) -> Any:
 def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> Any:
     """The shared base (4-bit by default) with every installed adapter attached."""
     from adapters.base_model import load_base
+
     from adapters.hf_engine import TransformersEngine
 
     loaded = load_base(settings, progress=True)
     return TransformersEngine(
-        loaded.model, loaded.tokenizer, loaded.info, loaded.checksum, settings.adapters_dir,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.info,
+        loaded.checksum,
+        settings.adapters_dir,
         warn=lambda m: progress(f"warning: {m}"),
     )
 
@@ -124,7 +131,9 @@ def stdin_queries(args: Any) -> Any:
     if args.text:
         return queries_from_args(args.text)
     if sys.stdin.isatty():
-        raise UsageError("no question given", "pass TEXT, or pipe questions on stdin: cat questions.txt | python main.py ask")
+        raise UsageError(
+            "no question given", "pass TEXT, or pipe questions on stdin: cat questions.txt | python main.py ask"
+        )
     return queries_from_stream(sys.stdin.buffer)
 
 
@@ -149,8 +158,20 @@ def cmd_adapters(args: Any, settings: Settings) -> int:
     adapters = installed_adapters(settings)
     if args.json:
         for a in adapters:
-            print(json.dumps({"name": a.name, "route": a.route, "path": a.path, "base_model": a.base_model,
-                              "created": a.created, "size_bytes": a.size_bytes, "metrics": a.metrics}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "name": a.name,
+                        "route": a.route,
+                        "path": a.path,
+                        "base_model": a.base_model,
+                        "created": a.created,
+                        "size_bytes": a.size_bytes,
+                        "metrics": a.metrics,
+                    },
+                    ensure_ascii=False,
+                )
+            )
     elif not adapters:
         print(f"no adapters installed in {settings.adapters_dir}")
     else:
@@ -178,7 +199,11 @@ def cmd_chat(args: Any, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[Any, Settings], int]] = {
-    "ask": cmd_ask, "route": cmd_route, "adapters": cmd_adapters, "prepare": cmd_prepare, "chat": cmd_chat,
+    "ask": cmd_ask,
+    "route": cmd_route,
+    "adapters": cmd_adapters,
+    "prepare": cmd_prepare,
+    "chat": cmd_chat,
 }
 
 
@@ -198,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     modules = command_modules()
     parser = build_parser([(m.__name__, m.register) for m in modules])
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["chat" if sys.stdin.isatty() else "ask", *argv]
     args = parser.parse_args(argv)
     try:

@@ -57,7 +57,9 @@ class SoftmaxClassifier:
             vb = 0.9 * vb - lr * gb
             w += vw
             b += vb
-        return cls(classes, w.astype(np.float32), b.astype(np.float32), mean.astype(np.float32), scale.astype(np.float32))
+        return cls(
+            classes, w.astype(np.float32), b.astype(np.float32), mean.astype(np.float32), scale.astype(np.float32)
+        )
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (n, n_classes), columns in `classes` order."""
@@ -118,6 +120,13 @@ class StoredRouter:
         if len(texts) != len(vectors):
             raise ValueError("router examples and vectors disagree")
         return cls(
-            classifier, float(meta["min_confidence"]), float(meta["min_margin"]), meta["encoder"],
-            meta["fingerprint"], texts, labels, vectors, meta.get("metrics", {}),
+            classifier,
+            float(meta["min_confidence"]),
+            float(meta["min_margin"]),
+            meta["encoder"],
+            meta["fingerprint"],
+            texts,
+            labels,
+            vectors,
+            meta.get("metrics", {}),
         )

@@ -28,7 +28,7 @@ def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.Argu
     """The full parser. `extra` lets training/eval/bench add their sub-commands without importing torch."""
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description="上海颐家 assistant: routes each question to the right expert (LoRA adapter) on one local base model.",
+        description="上海颐家 assistant: routes each question to the right expert (a LoRA adapter) on one base model.",
         epilog="With no command: the chat TUI when stdin is a terminal, else `ask` over stdin.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,9 +53,11 @@ def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.Argu
     _common(adapters)
     adapters.add_argument("--json", action="store_true")
 
-    prepare = sub.add_parser("prepare", help="convert and cache the bundled models (run once; the other commands do it too)")
+    prepare = sub.add_parser(
+        "prepare", help="convert and cache the bundled models (run once; the other commands do it too)"
+    )
     _common(prepare)
 
-    for name, register in extra or []:
+    for _name, register in extra or []:
         register(sub, _common)  # type: ignore[operator]
     return parser

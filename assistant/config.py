@@ -98,7 +98,9 @@ def load_settings(path: Path | None = None) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise BadInputFile(str(path), None, f"unknown setting(s): {', '.join(unknown)}", f"known: {', '.join(sorted(known))}")
+        raise BadInputFile(
+            str(path), None, f"unknown setting(s): {', '.join(unknown)}", f"known: {', '.join(sorted(known))}"
+        )
     values: dict[str, Any] = dict(raw)
     for name in _PATH_FIELDS & set(values):
         values[name] = Path(values[name]).expanduser()

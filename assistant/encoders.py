@@ -27,12 +27,10 @@ class SentenceTransformerEncoder:
         try:
             from sentence_transformers import SentenceTransformer  # lazy: keeps the core torch-free
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ModelUnavailable(
-                "sentence-transformers is not installed", "run the README's setup command"
-            ) from exc
+            raise ModelUnavailable("sentence-transformers is not installed", "run the README's setup command") from exc
         try:
             self._model: Any = SentenceTransformer(model_path, device=device or "cpu", local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one actionable message
+        except Exception as exc:
             raise ModelUnavailable(
                 f"could not load the sentence encoder {model_path!r}: {exc}",
                 "pass a local sentence-transformers folder, or use the bundled encoder",

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from data.errors import BadInputFile
 
-__all__ = ["USER_ERRORS", "AssistantError", "BadInputFile", "GenerationFailed", "IntegrityError", "ModelUnavailable", "UsageError"]
+__all__ = [
+    "USER_ERRORS",
+    "AssistantError",
+    "BadInputFile",
+    "GenerationFailed",
+    "IntegrityError",
+    "ModelUnavailable",
+    "UsageError",
+]
 
 
 class AssistantError(Exception):

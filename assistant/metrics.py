@@ -40,7 +40,11 @@ class ClassificationReport:
         lines = [f"accuracy {self.accuracy:.1%}", "", f"{'route':<{width}}  precision  recall     f1  support"]
         for name, s in self.per_route.items():
             lines.append(f"{name:<{width}}  {s.precision:9.1%}  {s.recall:6.1%}  {s.f1:5.3f}  {s.support:7d}")
-        lines += ["", "confusion (rows: true, columns: predicted)", f"{corner:<{width}}  " + "  ".join(f"{x:>10}" for x in self.labels)]
+        lines += [
+            "",
+            "confusion (rows: true, columns: predicted)",
+            f"{corner:<{width}}  " + "  ".join(f"{x:>10}" for x in self.labels),
+        ]
         for name, row in zip(self.labels, self.confusion, strict=True):
             lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>10d}" for v in row))
         return "\n".join(lines)
@@ -68,6 +72,4 @@ def classification_report(truth: Sequence[str], predicted: Sequence[str]) -> Cla
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_route[label] = RouteScores(precision, recall, f1, support)
     correct = sum(confusion[i][i] for i in range(len(labels)))
-    return ClassificationReport(
-        _ratio(correct, len(truth)), per_route, labels, tuple(tuple(r) for r in confusion)
-    )
+    return ClassificationReport(_ratio(correct, len(truth)), per_route, labels, tuple(tuple(r) for r in confusion))

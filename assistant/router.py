@@ -53,13 +53,13 @@ class RouteChoice:
             "margin": round(self.margin, 4),
             "abstained": self.abstained,
             "candidates": [{"route": c.route, "score": round(c.score, 4)} for c in self.candidates],
-            "nearest": [
-                {"text": n.text, "route": n.route, "similarity": round(n.similarity, 4)} for n in self.nearest
-            ],
+            "nearest": [{"text": n.text, "route": n.route, "similarity": round(n.similarity, 4)} for n in self.nearest],
         }
 
 
-def decide(probabilities: np.ndarray, classes: Sequence[str], min_confidence: float, min_margin: float) -> tuple[str, str, bool]:
+def decide(
+    probabilities: np.ndarray, classes: Sequence[str], min_confidence: float, min_margin: float
+) -> tuple[str, str, bool]:
     """(chosen route, top route, abstained): a non-general top route must clear both thresholds."""
     order = np.argsort(-probabilities)
     top = classes[int(order[0])]
@@ -73,7 +73,9 @@ def decide(probabilities: np.ndarray, classes: Sequence[str], min_confidence: fl
 class Router:
     """Routes text with a fitted classifier; routes map to adapter names (general -> None)."""
 
-    def __init__(self, encoder: Encoder, stored: StoredRouter, routes: Mapping[str, str | None], nearest_k: int = 3) -> None:
+    def __init__(
+        self, encoder: Encoder, stored: StoredRouter, routes: Mapping[str, str | None], nearest_k: int = 3
+    ) -> None:
         self.encoder = encoder
         self.stored = stored
         self.routes = dict(routes)
@@ -114,7 +116,8 @@ class Router:
         if sims is not None and len(sims):
             best = np.argsort(-sims)[: self.nearest_k]
             nearest = tuple(
-                Neighbour(self.stored.example_texts[int(i)], self.stored.example_labels[int(i)], float(sims[i])) for i in best
+                Neighbour(self.stored.example_texts[int(i)], self.stored.example_labels[int(i)], float(sims[i]))
+                for i in best
             )
         return RouteChoice(route, self.adapter_for(route), confidence, margin, candidates, nearest, abstained, top)
 

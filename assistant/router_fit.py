@@ -60,7 +60,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: Sequence[str], k: int = 5) 
     for held in _folds(labels, k):
         train = np.setdiff1d(np.arange(len(labels)), held)
         clf = SoftmaxClassifier.fit(x[train], list(y[train]))
-        cols = [classes.index(c) for c in clf.classes]
+        cols = np.array([classes.index(c) for c in clf.classes])
         probs[np.ix_(held, cols)] = clf.predict_proba(x[held])
     return probs, classes
 
@@ -84,7 +84,9 @@ def fit_thresholds(probs: np.ndarray, classes: Sequence[str], labels: Sequence[s
     return best[1], best[2]
 
 
-def encode_with_progress(encoder: Encoder, texts: Sequence[str], log: Callable[[str], None], batch: int = 128) -> np.ndarray:
+def encode_with_progress(
+    encoder: Encoder, texts: Sequence[str], log: Callable[[str], None], batch: int = 128
+) -> np.ndarray:
     """Encode many texts in batches, reporting progress (the first fit encodes a few thousand)."""
     parts = []
     for start in range(0, len(texts), batch):
@@ -94,7 +96,9 @@ def encode_with_progress(encoder: Encoder, texts: Sequence[str], log: Callable[[
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def fit_router(encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, folds: int = 5) -> FitResult:
+def fit_router(
+    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, folds: int = 5
+) -> FitResult:
     """Fit the classifier on all examples, with thresholds and a report from k-fold cross-validation."""
     log = log or (lambda s: None)
     labels = [e.label for e in examples]
@@ -139,7 +143,9 @@ def save_router(stored: StoredRouter, folder: Path | None = None) -> Path:
     return folder
 
 
-def load_or_fit_router(encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None) -> FitResult:
+def load_or_fit_router(
+    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None
+) -> FitResult:
     """The cached router for exactly this encoder and data, fitted (and cached) when missing or damaged."""
     log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
     key = fingerprint(encoder.name, examples)

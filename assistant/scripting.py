@@ -51,7 +51,11 @@ def _emit_json(out: TextIO, obj: dict[str, object]) -> None:
 
 def _describe(chosen: RouteChosen) -> str:
     c = chosen.choice
-    how = "forced" if chosen.forced else ("kept from the previous turn" if chosen.sticky else f"confidence {c.confidence:.2f}")
+    how = (
+        "forced"
+        if chosen.forced
+        else ("kept from the previous turn" if chosen.sticky else f"confidence {c.confidence:.2f}")
+    )
     return f"[route: {c.route} -> {chosen.adapter or 'base'} ({how})]"
 
 
@@ -105,15 +109,21 @@ def run_ask(session: ChatSession, queries: Iterable[Query], as_json: bool, out: 
                         out.flush()
                 elif isinstance(event, Done):
                     if event.truncated_prompt:
-                        err.write(f"warning: line {q.line}: the conversation was longer than the model's context; its start was cut\n")
-                    record.update(answer=event.answer, new_tokens=event.new_tokens, latency_ms=round(event.latency_ms, 1))
+                        err.write(
+                            f"warning: line {q.line}: longer than the model's context; its start was cut\n"
+                        )
+                    record.update(
+                        answer=event.answer, new_tokens=event.new_tokens, latency_ms=round(event.latency_ms, 1)
+                    )
                     if as_json:
                         _emit_json(out, record)
                     else:
                         out.write("\n\n" if not event.answer.endswith("\n") else "\n")
                         out.flush()
                 elif isinstance(event, Failed):
-                    err.write(f"error: line {q.line}: {event.error}\n" + (f"  hint: {event.hint}\n" if event.hint else ""))
+                    err.write(
+                        f"error: line {q.line}: {event.error}\n" + (f"  hint: {event.hint}\n" if event.hint else "")
+                    )
                     if as_json:
                         _emit_json(out, {**record, "answer": event.partial, "error": event.error})
                     code = EXIT_FAILED

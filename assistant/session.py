@@ -158,7 +158,9 @@ class ChatSession:
             yield Failed(getattr(exc, "message", str(exc)), getattr(exc, "hint", ""), "".join(pieces))
             return
         except Exception as exc:  # noqa: BLE001 - a model failure must not kill the shell
-            yield Failed(f"generation failed: {type(exc).__name__}: {exc}", "try again, or a shorter question", "".join(pieces))
+            yield Failed(
+                f"generation failed: {type(exc).__name__}: {exc}", "try again, or a shorter question", "".join(pieces)
+            )
             return
         answer = "".join(pieces)
         elapsed = time.perf_counter() - start

@@ -68,7 +68,9 @@ def load_labelled_file(path: Path) -> list[Example]:
         else:
             label_part, _, text = stripped.partition(" ")
             if not text.strip():
-                raise BadInputFile(str(path), number, "expected `LABEL TEXT`", 'or a JSON line {"text": ..., "label": ...}')
+                raise BadInputFile(
+                    str(path), number, "expected `LABEL TEXT`", 'or a JSON line {"text": ..., "label": ...}'
+                )
             label, text = _label(label_part, path, number), text.strip()
         if text:
             examples.append(Example(text=text, label=label, source=f"{path.name}:{number}"))

@@ -11,7 +11,9 @@ from tests.fakes import HashingEncoder
 
 
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def isolated_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """Fast tests get throw-away cache/data/config dirs; slow ones keep the real model cache."""
     root = tmp_path_factory.mktemp("xdg")
     if "slow" not in request.keywords:

@@ -8,9 +8,19 @@ import sys
 from tests.conftest import REPO
 
 CORE_MODULES = [
-    "assistant.config", "assistant.errors", "assistant.engine", "assistant.encoders", "assistant.router",
-    "assistant.router_fit", "assistant.session", "assistant.scripting", "assistant.cli", "assistant.metrics",
-    "data.labels", "data.identity", "adapters.registry",
+    "assistant.config",
+    "assistant.errors",
+    "assistant.engine",
+    "assistant.encoders",
+    "assistant.router",
+    "assistant.router_fit",
+    "assistant.session",
+    "assistant.scripting",
+    "assistant.cli",
+    "assistant.metrics",
+    "data.labels",
+    "data.identity",
+    "adapters.registry",
 ]
 
 

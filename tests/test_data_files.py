@@ -68,7 +68,7 @@ def test_settings_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         load_settings(bad)
     broken = tmp_path / "broken.toml"
     broken.write_text("base = \n", encoding="utf-8")
-    with pytest.raises(BadInputFile, match="broken.toml"):
+    with pytest.raises(BadInputFile, match=r"broken\.toml"):
         load_settings(broken)
     with pytest.raises(UsageError):
         Settings(quantization="3bit")

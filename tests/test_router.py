@@ -11,15 +11,31 @@ from assistant.router_fit import fingerprint, fit_router, fit_thresholds, load_o
 from data.labels import Example
 
 CARE = [
-    "糖尿病患者的照护内容有哪些", "脑卒中老人怎么护理", "帕金森病患者的照护", "骨折病人的护理要点",
-    "卧床老人怎么翻身防压疮", "阿尔茨海默病老人的照护", "高血压老人的日常护理", "白内障术后护理",
-    "how to care for a parent with dementia", "caring for a bedridden patient at home",
-    "老人吞咽困难怎么喂饭", "婴儿发烧怎么护理",
+    "糖尿病患者的照护内容有哪些",
+    "脑卒中老人怎么护理",
+    "帕金森病患者的照护",
+    "骨折病人的护理要点",
+    "卧床老人怎么翻身防压疮",
+    "阿尔茨海默病老人的照护",
+    "高血压老人的日常护理",
+    "白内障术后护理",
+    "how to care for a parent with dementia",
+    "caring for a bedridden patient at home",
+    "老人吞咽困难怎么喂饭",
+    "婴儿发烧怎么护理",
 ]
 GENERAL_TEXTS = [
-    "梅西率迈阿密国际夺队史首冠", "今天股市大涨", "信用卡怎么还款", "python怎么读取文件",
-    "明天天气怎么样", "给我讲个笑话", "房贷利率下调", "世界杯决赛结果",
-    "how do I reset my bank password", "latest football news", "what is the capital of France",
+    "梅西率迈阿密国际夺队史首冠",
+    "今天股市大涨",
+    "信用卡怎么还款",
+    "python怎么读取文件",
+    "明天天气怎么样",
+    "给我讲个笑话",
+    "房贷利率下调",
+    "世界杯决赛结果",
+    "how do I reset my bank password",
+    "latest football news",
+    "what is the capital of France",
     "推荐一部电影",
 ]
 
@@ -64,7 +80,7 @@ def test_route_returns_choice_with_candidates_and_nearest(encoder) -> None:
     choice = router.route("糖尿病患者的照护内容有哪些")
     assert choice.route == "caregiving" and choice.adapter == "caregiving"
     assert 0.5 < choice.confidence <= 1.0
-    assert [c.route for c in choice.candidates][0] == "caregiving"
+    assert next(c.route for c in choice.candidates) == "caregiving"
     assert abs(sum(c.score for c in choice.candidates) - 1.0) < 1e-5
     assert choice.margin == pytest.approx(choice.candidates[0].score - choice.candidates[1].score, abs=1e-6)
     assert choice.nearest[0].text == "糖尿病患者的照护内容有哪些"

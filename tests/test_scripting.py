@@ -12,7 +12,9 @@ from tests.test_session import KeywordRouter
 
 
 def session(keep_history: bool = False) -> ChatSession:
-    return ChatSession(KeywordRouter(), ScriptedEngine([adapter_info("caregiving", "caregiving")]), keep_history=keep_history)
+    return ChatSession(
+        KeywordRouter(), ScriptedEngine([adapter_info("caregiving", "caregiving")]), keep_history=keep_history
+    )
 
 
 def test_stdin_skips_blank_lines_and_reports_bad_utf8_by_line() -> None:

@@ -23,7 +23,9 @@ class KeywordRouter:
         route = "caregiving" if care else GENERAL
         other = GENERAL if care else "caregiving"
         c = self.confidence
-        return RouteChoice(route, "caregiving" if care else None, c, 2 * c - 1, (Candidate(route, c), Candidate(other, 1 - c)))
+        return RouteChoice(
+            route, "caregiving" if care else None, c, 2 * c - 1, (Candidate(route, c), Candidate(other, 1 - c))
+        )
 
 
 def events(session: ChatSession, text: str, cancel: threading.Event | None = None) -> list[object]:
