@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The app never waits on a network: set before any hub library is imported.
-for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
-    os.environ.setdefault(_flag, "1")
+from adapters.offline import force_offline
+
+# The app never waits on a network: the flags must be set before any hub library is imported.
+force_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from assistant.cli import build_parser  # noqa: E402
@@ -60,9 +61,9 @@ def build_encoder(settings: Settings) -> Any:
     from assistant.encoders import SentenceTransformerEncoder
 
     if settings.encoder == BUNDLED:
-        from adapters.bundled_encoder import bundled_encoder_path
+        from adapters.bundled_encoder import prepare_bundled_encoder
 
-        path = bundled_encoder_path()
+        path = prepare_bundled_encoder()
         return SentenceTransformerEncoder(str(path), name=f"bundled:{path.name}")
     return SentenceTransformerEncoder(settings.encoder)
 

@@ -112,6 +112,16 @@ class ChatSession:
         self.history.clear()
         self._last_route = None
 
+    @property
+    def last_route(self) -> tuple[str, str | None] | None:
+        """(route, adapter) of the last answered turn, which sticky routing leans on."""
+        return self._last_route
+
+    def restore(self, history: list[Message], last_route: tuple[str, str | None] | None) -> None:
+        """Continue a saved conversation: its turns and the route its last answer took."""
+        self.history = list(history)
+        self._last_route = last_route
+
     def choose(self, text: str) -> RouteChosen:
         """Decide the route and adapter for `text` without generating."""
         installed = self.installed()
@@ -131,7 +141,8 @@ class ChatSession:
         if adapter is not None and adapter not in installed:
             warning = f"route {route!r} has no installed adapter {adapter!r}; the base model answers"
             adapter = None
-        if sticky or route != choice.route:
+        if sticky or route != choice.route or adapter != choice.adapter:
+            # The choice names what really answers: never a missing adapter.
             choice = replace(choice, route=route, adapter=adapter)
         return RouteChosen(choice, adapter, sticky=sticky, warning=warning)
 

@@ -59,7 +59,7 @@ def test_missing_adapter_falls_back_to_base_with_warning() -> None:
     out = events(ChatSession(KeywordRouter(), engine), "老人护理")
     chosen = out[0]
     assert isinstance(chosen, RouteChosen)
-    assert chosen.choice.route == "caregiving" and chosen.adapter is None
+    assert chosen.choice.route == "caregiving" and chosen.adapter is None and chosen.choice.adapter is None
     assert chosen.warning and "caregiving" in chosen.warning
     assert engine.calls[0][1] is None
 
@@ -137,3 +137,16 @@ def test_engine_failure_becomes_failed_event_with_partial() -> None:
     unexpected = ScriptedEngine(fail_with=RuntimeError("kaput"))
     last = events(ChatSession(KeywordRouter(), unexpected), "你好")[-1]
     assert isinstance(last, Failed) and "kaput" in last.error
+
+
+def test_restored_conversation_keeps_sticky_route() -> None:
+    from assistant.engine import Message
+
+    engine = ScriptedEngine([adapter_info("caregiving", "caregiving")])
+    router = KeywordRouter(confidence=0.7)
+    session = ChatSession(router, engine, sticky=True)
+    session.restore([Message("user", "老人护理"), Message("assistant", "好的")], ("caregiving", "caregiving"))
+    follow = events(session, "那饮食呢？")[0]
+    assert isinstance(follow, RouteChosen) and follow.sticky and follow.adapter == "caregiving"
+    assert session.last_route == ("caregiving", "caregiving")
+    assert [m.role for m in engine.calls[0][0]] == ["user", "assistant", "user"]
