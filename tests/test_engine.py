@@ -1,0 +1,351 @@
+"""TransformersEngine on a tiny random Qwen2 with two tiny LoRA adapters (seconds, no real model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adapters.base_model import INFERENCE_ONLY_ATTR
+from adapters.chat_format import render_prompt_ids, with_system
+from adapters.hf_engine import IncrementalDecoder, TransformersEngine, fit_prompt
+from adapters.registry import read_manifest, write_manifest
+from assistant.engine import EngineInfo, GenerationParams, Message, StreamStats
+from assistant.errors import GenerationFailed, UsageError
+from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
+
+SYSTEM = "You are Yijia, a helpful assistant."
+QUESTION = [Message("user", "hello, who are you? 你好")]
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
+INFO = EngineInfo(base_model="tiny-qwen2", quantization="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine a second one costs 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base and an adapters dir holding two LoRAs trained on it (random weights)."""
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_tiny_qwen2(root / "base")
+    adapters = root / "adapters"
+    adapters.mkdir()
+    build_tiny_lora(base, adapters / "alpha", "alpha", "route-a", 1)
+    build_tiny_lora(base, adapters / "beta", "beta", "route-b", 2)
+    return {"root": root, "base": base, "adapters": adapters}
+
+
+def load(base: Path, **kwargs: Any) -> tuple[Any, Any]:
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+    return model, AutoTokenizer.from_pretrained(base)
+
+
+def make_engine(
+    tiny: dict[str, Path], adapters: Path | None = None, **kwargs: Any
+) -> tuple[TransformersEngine, list[str]]:
+    warnings: list[str] = []
+    model, tokenizer = load(tiny["base"], **kwargs.pop("load", {}))
+    engine = TransformersEngine(
+        model,
+        tokenizer,
+        kwargs.pop("info", INFO),
+        tiny_base_checksum(tiny["base"]),
+        adapters or tiny["adapters"],
+        system_prompt=SYSTEM,
+        warn=warnings.append,
+        **kwargs,
+    )
+    return engine, warnings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny: dict[str, Path]) -> TransformersEngine:
+    built, warnings = make_engine(tiny)
+    assert warnings == []
+    return built
+
+
+def answer(engine: TransformersEngine, adapter: str | None, params: GenerationParams = GREEDY) -> str:
+    return "".join(engine.stream(QUESTION, adapter, params))
+
+
+def prompt_ids(tokenizer: Any, messages: list[Message] = QUESTION) -> torch.Tensor:
+    return torch.tensor([render_prompt_ids(tokenizer, [m.as_dict() for m in messages], SYSTEM)])
+
+
+def greedy_ids(model: Any, tokenizer: Any, n: int = GREEDY.max_new_tokens) -> list[int]:
+    """Reference tokens from transformers' own generate(), cut at the first stop token."""
+    ids = prompt_ids(tokenizer)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    new = [int(t) for t in out[0, ids.shape[1] :]]
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    for i, token in enumerate(new):
+        if token in stops:
+            return new[:i]
+    return new
+
+
+def text_of(tokenizer: Any, ids: list[int]) -> str:
+    return str(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def test_both_adapters_load_and_are_described(engine: TransformersEngine, tiny: dict[str, Path]) -> None:
+    assert [(a.name, a.route) for a in engine.adapters()] == [("alpha", "route-a"), ("beta", "route-b")]
+    assert all(a.size_bytes > 0 for a in engine.adapters())
+    assert engine.info() == INFO
+    assert getattr(engine._model, INFERENCE_ONLY_ATTR)  # warmed up: training must refuse this instance
+
+
+def test_switching_adapters_changes_the_output(engine: TransformersEngine) -> None:
+    base, alpha, beta = answer(engine, None), answer(engine, "alpha"), answer(engine, "beta")
+    assert len({base, alpha, beta}) == 3
+    # Switching back and forth is deterministic: set_adapter leaves no residue.
+    assert answer(engine, "alpha") == alpha
+    assert answer(engine, None) == base
+    assert answer(engine, "beta") == beta
+
+
+def test_adapter_output_matches_generate_through_that_adapter(engine: TransformersEngine) -> None:
+    peft_model, tokenizer = engine._model, engine._tokenizer
+    for name in ("alpha", "beta"):
+        peft_model.set_adapter(name, inference_mode=True)
+        engine._active = name
+        assert answer(engine, name) == text_of(tokenizer, greedy_ids(peft_model, tokenizer))
+
+
+def test_base_route_is_bit_exact_with_disabled_adapters_and_with_a_plain_model(
+    engine: TransformersEngine, tiny: dict[str, Path]
+) -> None:
+    peft_model, tokenizer = engine._model, engine._tokenizer
+    plain, _ = load(tiny["base"])
+    ids = prompt_ids(tokenizer)
+    with torch.inference_mode(), peft_model.disable_adapter():
+        disabled_logits = peft_model(input_ids=ids).logits
+        disabled_tokens = greedy_ids(peft_model, tokenizer)
+    with torch.inference_mode():
+        plain_logits = plain(input_ids=ids).logits
+    assert torch.equal(disabled_logits, plain_logits)
+    plain_tokens = greedy_ids(plain, tokenizer)
+    assert disabled_tokens == plain_tokens
+
+    stats = StreamStats()
+    text = "".join(engine.stream(QUESTION, None, GREEDY, stats=stats))
+    assert text == text_of(tokenizer, plain_tokens)
+    assert stats.new_tokens == len(plain_tokens)
+
+
+def test_base_route_equals_an_engine_without_adapters(engine: TransformersEngine, tiny: dict[str, Path]) -> None:
+    empty = tiny["root"] / "no-adapters"
+    empty.mkdir(exist_ok=True)
+    bare, warnings = make_engine(tiny, empty)
+    assert bare.adapters() == [] and warnings == []
+    assert answer(bare, None) == answer(engine, None)
+
+
+def test_stats_are_filled(engine: TransformersEngine) -> None:
+    stats = StreamStats()
+    pieces = list(engine.stream(QUESTION, "alpha", GREEDY, stats=stats))
+    assert stats.prompt_tokens == prompt_ids(engine._tokenizer).shape[1]
+    assert 0 < stats.new_tokens <= GREEDY.max_new_tokens
+    assert 0 < stats.first_token_s <= stats.total_s
+    assert not stats.truncated_prompt
+    assert pieces and all(pieces)
+
+
+def test_a_system_turn_in_the_messages_replaces_the_default(engine: TransformersEngine) -> None:
+    stats = StreamStats()
+    own = [Message("system", "x"), *QUESTION]
+    list(engine.stream(own, None, GREEDY, stats=stats))
+    expected = render_prompt_ids(engine._tokenizer, [m.as_dict() for m in own], SYSTEM)
+    assert stats.prompt_tokens == len(expected) < prompt_ids(engine._tokenizer).shape[1]
+
+
+def test_foreign_and_broken_adapters_are_skipped_with_warnings(tiny: dict[str, Path]) -> None:
+    adapters = tiny["root"] / "mixed"
+    adapters.mkdir()
+    foreign = adapters / "foreign"
+    build_tiny_lora(tiny["base"], foreign, "foreign", "route-f", 3)
+    write_manifest(foreign, **{**read_manifest(foreign), "base_checksum": "f" * 64, "base_model": "other-base"})
+    build_tiny_lora(tiny["base"], adapters / "broken", "broken", "route-x", 4)
+    (adapters / "broken" / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    build_tiny_lora(tiny["base"], adapters / "good", "good", "route-g", 5)
+    (adapters / "unreadable").mkdir()
+    (adapters / "unreadable" / "manifest.json").write_text("{nope", encoding="utf-8")
+
+    engine, warnings = make_engine(tiny, adapters)
+
+    assert [a.name for a in engine.adapters()] == ["good"]
+    assert list(engine._model.peft_config) == ["good"]  # nothing of the failed load lingers
+    assert len(warnings) == 3
+    assert any("unreadable" in w and "not valid JSON" in w for w in warnings)  # registry problems pass through
+    foreign_warning = next(w for w in warnings if "'foreign'" in w)
+    assert "other-base" in foreign_warning and "tiny-qwen2" in foreign_warning
+    assert "ffffffffffff" in foreign_warning and tiny_base_checksum(tiny["base"])[:12] in foreign_warning
+    assert any("'broken'" in w and "failed" in w for w in warnings)
+    # The broken one was the first load attempt (sorted first); what it left behind must not
+    # disturb the base route.
+    plain, tokenizer = load(tiny["base"])
+    assert answer(engine, None) == text_of(tokenizer, greedy_ids(plain, tokenizer))
+    assert answer(engine, "good") != answer(engine, None)
+
+
+def test_unknown_adapter_raises_usage_error_before_streaming(engine: TransformersEngine) -> None:
+    with pytest.raises(UsageError, match="'nope'") as info:
+        engine.stream(QUESTION, "nope", GREEDY)
+    assert "alpha" in info.value.hint
+
+
+def test_cancel_stops_promptly_and_releases_the_lock(engine: TransformersEngine) -> None:
+    long = GenerationParams(max_new_tokens=200)
+    cancel = threading.Event()
+    stats = StreamStats()
+    pieces: list[str] = []
+    for piece in engine.stream(QUESTION, "alpha", long, cancel=cancel, stats=stats):
+        pieces.append(piece)
+        cancel.set()  # e.g. the user pressed Esc after the first piece
+    assert len(pieces) == 1
+    assert stats.new_tokens <= 8  # a piece may wait for a few tokens of one character, no more
+
+    already = threading.Event()
+    already.set()
+    assert list(engine.stream(QUESTION, None, long, cancel=already)) == []
+    assert answer(engine, None)  # the lock was released both times
+
+
+def test_cancel_from_another_thread(engine: TransformersEngine) -> None:
+    cancel = threading.Event()
+    stats = StreamStats()
+    timer = threading.Timer(0.05, cancel.set)
+    timer.start()
+    # A sleep per piece stands in for a slow consumer; without cancel this would run 2000 steps.
+    for _ in engine.stream(QUESTION, "beta", GenerationParams(max_new_tokens=2000), cancel=cancel, stats=stats):
+        threading.Event().wait(0.005)
+    timer.join()
+    assert stats.new_tokens < 2000
+
+
+def test_concurrent_streams_are_serialized_and_match_sequential(engine: TransformersEngine) -> None:
+    expected = {name: answer(engine, name) for name in (None, "alpha", "beta")}
+    results: dict[str | None, list[str]] = {name: [] for name in expected}
+
+    def run(name: str | None) -> None:
+        for _ in range(3):
+            results[name].append(answer(engine, name))
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {name: [text] * 3 for name, text in expected.items()}
+
+
+def test_a_second_stream_on_the_same_thread_is_refused_not_deadlocked(engine: TransformersEngine) -> None:
+    first = engine.stream(QUESTION, "alpha", GenerationParams(max_new_tokens=50))
+    next(first)
+    with pytest.raises(GenerationFailed, match="still streaming"):
+        next(engine.stream(QUESTION, "beta", GREEDY))
+    first.close()  # closing releases the lock
+    assert answer(engine, "beta")
+
+
+def test_long_prompt_is_truncated_keeping_system_and_newest_text(tiny: dict[str, Path]) -> None:
+    engine, _ = make_engine(tiny, context_length=256)
+    history = [Message("user" if i % 2 == 0 else "assistant", f"old turn {i} " * 5) for i in range(20)]
+    history.append(Message("user", "the newest question"))
+    params = GenerationParams(max_new_tokens=16)
+    stats = StreamStats()
+    list(engine.stream(history, None, params, stats=stats))
+    assert stats.truncated_prompt
+    assert stats.prompt_tokens <= 256 - 16
+
+    tokenizer = engine._tokenizer
+    convo = with_system([m.as_dict() for m in history], SYSTEM)
+    ids, cut = fit_prompt(tokenizer, convo, 250)
+    text = tokenizer.decode(ids)
+    assert cut and len(ids) <= 250
+    assert SYSTEM in text and "the newest question" in text and "old turn 0 " not in text
+    kept = [turn for turn in convo[1:] if turn["content"] in text]  # turns are dropped whole
+    assert kept == convo[len(convo) - len(kept) :]  # oldest first
+    assert len(kept) >= 3 and kept[0]["role"] == "user"  # older turns survive when they fit; a user turn first
+    assert ids == render_prompt_ids(tokenizer, [convo[0], *kept], None)
+
+
+def test_a_single_huge_turn_is_cut_from_the_front(engine: TransformersEngine) -> None:
+    tokenizer = engine._tokenizer
+    words = " ".join(f"w{i}" for i in range(2000)) + " THE END"
+    convo = with_system([{"role": "user", "content": words}], SYSTEM)
+    ids, cut = fit_prompt(tokenizer, convo, 100)
+    text = tokenizer.decode(ids)
+    assert cut and 92 <= len(ids) <= 100  # nearly the whole budget is used
+    assert SYSTEM in text and text.rstrip().endswith("assistant") and "THE END" in text and "w0 " not in text
+
+
+def test_over_long_system_prompt_keeps_the_newest_tokens(engine: TransformersEngine) -> None:
+    tokenizer = engine._tokenizer
+    convo = with_system([{"role": "user", "content": "hi"}], "rule " * 500)
+    ids, cut = fit_prompt(tokenizer, convo, 20)
+    full = render_prompt_ids(tokenizer, convo, None)
+    assert cut and ids == full[-20:]
+
+
+def test_streamed_pieces_never_split_a_character(engine: TransformersEngine) -> None:
+    tokenizer = engine._tokenizer
+    text = "照护老人 needs patience 😀, 你好世界! ünïcödé"
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(t) for t in tokenizer.encode(text, add_special_tokens=False)]
+    pieces.append(decoder.flush())
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_streamed_pieces_join_up_to_the_full_decode_even_for_garbage(engine: TransformersEngine) -> None:
+    tokenizer = engine._tokenizer
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):  # random ids include stray UTF-8 bytes that never form a character
+        ids = torch.randint(0, len(tokenizer), (30,), generator=generator).tolist()
+        decoder = IncrementalDecoder(tokenizer)
+        pieces = [decoder.push(t) for t in ids]
+        pieces.append(decoder.flush())
+        assert "".join(pieces) == text_of(tokenizer, ids)
+
+
+def test_sampling_runs_and_differs_from_greedy_sometimes(engine: TransformersEngine) -> None:
+    torch.manual_seed(0)
+    hot = GenerationParams(max_new_tokens=12, temperature=5.0)
+    samples = {answer(engine, "alpha", hot) for _ in range(4)}
+    assert len(samples) > 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_4bit_base_with_adapters(tiny: dict[str, Path]) -> None:
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+    info = EngineInfo(base_model="tiny-qwen2", quantization="nf4", device="cpu")
+    engine, warnings = make_engine(tiny, info=info, load={"quantization_config": quant})
+    assert warnings == []
+    assert any(type(m).__name__ == "Linear4bit" for m in engine._model.modules())
+    base, alpha, beta = answer(engine, None), answer(engine, "alpha"), answer(engine, "beta")
+    assert len({base, alpha, beta}) == 3
+
+    plain, tokenizer = load(tiny["base"], quantization_config=quant)
+    assert base == text_of(tokenizer, greedy_ids(plain, tokenizer))
