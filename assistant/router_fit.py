@@ -20,6 +20,8 @@ from assistant.metrics import ClassificationReport, classification_report
 from assistant.router import decide
 from data.labels import Example
 
+#: Bump when the fitting procedure changes, so cached routers are refitted.
+FIT_VERSION = 2
 CONFIDENCE_GRID = tuple(np.round(np.arange(0.50, 0.96, 0.05), 2))
 MARGIN_GRID = tuple(np.round(np.arange(0.0, 0.81, 0.1), 2))
 
@@ -35,7 +37,7 @@ class FitResult:
 
 def fingerprint(encoder_name: str, examples: Sequence[Example]) -> str:
     """Identifies a router by its encoder and its exact training data."""
-    digest = hashlib.sha256(encoder_name.encode())
+    digest = hashlib.sha256(f"{FIT_VERSION}\x00{encoder_name}".encode())
     for ex in sorted(examples, key=lambda e: (e.label, e.text)):
         digest.update(f"\x00{ex.label}\x01{ex.text}".encode())
     return digest.hexdigest()
@@ -52,17 +54,30 @@ def _folds(labels: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.flatnonzero(fold == f) for f in range(k)]
 
 
-def out_of_fold_probabilities(x: np.ndarray, labels: Sequence[str], k: int = 5) -> tuple[np.ndarray, tuple[str, ...]]:
+#: L2 strengths tried by cross-validation; stronger ones generalise better to unseen phrasings.
+L2_GRID = (0.01, 0.03, 0.1)
+
+
+def out_of_fold_probabilities(
+    x: np.ndarray, labels: Sequence[str], k: int = 5, l2: float = 0.01
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Each example scored by a classifier that never saw it."""
     classes = tuple(sorted(set(labels)))
     probs = np.zeros((len(labels), len(classes)))
     y = np.array(labels)
     for held in _folds(labels, k):
         train = np.setdiff1d(np.arange(len(labels)), held)
-        clf = SoftmaxClassifier.fit(x[train], list(y[train]))
+        clf = SoftmaxClassifier.fit(x[train], list(y[train]), l2=l2)
         cols = np.array([classes.index(c) for c in clf.classes])
         probs[np.ix_(held, cols)] = clf.predict_proba(x[held])
     return probs, classes
+
+
+def balanced_accuracy(labels: Sequence[str], predicted: Sequence[str]) -> float:
+    """Mean per-route recall: each route counts the same, however many examples it has."""
+    routes = sorted(set(labels))
+    hits = {r: [p == t for t, p in zip(labels, predicted, strict=True) if t == r] for r in routes}
+    return float(np.mean([np.mean(h) for h in hits.values()]))
 
 
 def fit_thresholds(probs: np.ndarray, classes: Sequence[str], labels: Sequence[str]) -> tuple[float, float]:
@@ -71,14 +86,10 @@ def fit_thresholds(probs: np.ndarray, classes: Sequence[str], labels: Sequence[s
     Ties go to the smallest thresholds, so the router abstains only when the data says it helps.
     """
     best = (-1.0, 0.0, 0.0)
-    routes = sorted(set(labels))
     for conf in CONFIDENCE_GRID:
         for margin in MARGIN_GRID:
             predicted = [decide(p, classes, float(conf), float(margin))[0] for p in probs]
-            recalls = [
-                np.mean([pr == lab for pr, lab in zip(predicted, labels, strict=True) if lab == r]) for r in routes
-            ]
-            score = float(np.mean(recalls))
+            score = balanced_accuracy(labels, predicted)
             if score > best[0] + 1e-9:
                 best = (score, float(conf), float(margin))
     return best[1], best[2]
@@ -105,12 +116,21 @@ def fit_router(
     if len(set(labels)) < 2:
         raise ValueError("the router needs examples of at least two routes")
     x = encode_with_progress(encoder, [e.text for e in examples], log)
-    probs, classes = out_of_fold_probabilities(x, labels, folds)
+    best: tuple[float, float, np.ndarray, tuple[str, ...]] | None = None
+    for l2 in L2_GRID:
+        oof, oof_classes = out_of_fold_probabilities(x, labels, folds, l2)
+        top = [oof_classes[i] for i in oof.argmax(axis=1)]
+        score = balanced_accuracy(labels, top)
+        log(f"router: l2={l2:g} cross-validated balanced accuracy {score:.1%}\n")
+        if best is None or score > best[0] + 1e-9:
+            best = (score, l2, oof, oof_classes)
+    assert best is not None
+    _, l2, probs, classes = best
     min_conf, min_margin = fit_thresholds(probs, classes, labels)
     cv_predicted = [decide(p, classes, min_conf, min_margin)[0] for p in probs]
     report = classification_report(labels, cv_predicted)
     stored = StoredRouter(
-        classifier=SoftmaxClassifier.fit(x, labels),
+        classifier=SoftmaxClassifier.fit(x, labels, l2=l2),
         min_confidence=min_conf,
         min_margin=min_margin,
         encoder_name=encoder.name,
@@ -118,7 +138,13 @@ def fit_router(
         example_texts=[e.text for e in examples],
         example_labels=labels,
         example_vectors=x.astype(np.float16),
-        metrics={"cv_accuracy": report.accuracy, "folds": folds, "examples": len(examples), **report.as_dict()},
+        metrics={
+            "cv_accuracy": report.accuracy,
+            "folds": folds,
+            "l2": l2,
+            "examples": len(examples),
+            **report.as_dict(),
+        },
     )
     return FitResult(stored, report)
 

@@ -1,0 +1,83 @@
+"""End to end on the real bundled models (slow): `ask` over stdin, and routing on held-out data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+from data.labels import HELDOUT_DIR, load_labelled_file
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["糖尿病患者的照护内容有哪些？", "你是谁", "梅西率迈阿密国际夺队史首冠"]
+
+
+def run_main(*args: str, stdin: str = "", timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(
+        [sys.executable, "main.py", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def test_ask_json_over_stdin_routes_and_answers() -> None:
+    result = run_main("ask", "--json", "--max-new-tokens", "40", stdin="\n".join(QUESTIONS) + "\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["query"] for r in rows] == QUESTIONS
+    assert [r["route"] for r in rows] == ["caregiving", "caregiving", "general"]
+    assert rows[2]["adapter"] is None
+    for row in rows:
+        assert row["answer"].strip() and row["new_tokens"] > 0
+    identity = rows[1]["answer"]
+    assert "颐家" in identity, identity
+    assert "阿里" not in identity and "Qwen" not in identity and "通义" not in identity
+
+
+def test_bad_utf8_line_is_reported_and_the_rest_answered() -> None:
+    proc = subprocess.run(
+        [sys.executable, "main.py", "ask", "--json", "--max-new-tokens", "8"],
+        cwd=REPO,
+        input=b"\xff\xfe\n" + "你好\n".encode(),
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert b"line 1" in proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert rows[0]["error"] and rows[1]["answer"]
+
+
+def test_routing_on_heldout_questions_meets_the_targets() -> None:
+    examples = load_labelled_file(HELDOUT_DIR / "validation.jsonl")
+    langs = [
+        json.loads(line)["lang"]
+        for line in (HELDOUT_DIR / "validation.jsonl").read_text("utf-8").splitlines()
+        if line.strip()
+    ]
+    result = run_main("route", "--json", stdin="\n".join(e.text for e in examples) + "\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = [json.loads(line)["route"] for line in result.stdout.splitlines()]
+    assert len(predicted) == len(examples)
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for example, lang, route in zip(examples, langs, predicted, strict=True):
+        ok = example.label == route
+        groups["all"].append(ok)
+        groups[lang].append(ok)
+        groups[example.label].append(ok)
+    accuracy = {k: sum(v) / len(v) for k, v in groups.items()}
+    assert accuracy["all"] >= 0.97, accuracy
+    assert min(accuracy.values()) >= 0.95, accuracy
