@@ -1,0 +1,1 @@
+"""Offline jobs: QLoRA adapter training, identity data and probe, router refits (imports adapters and data)."""

@@ -1,0 +1,318 @@
+"""The QLoRA training loop: accumulation, validation with early stopping, checkpoints, resume and Ctrl-C."""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from training.checkpoints import CheckpointStore, LoopState
+from training.config import TrainConfig
+from training.dataset import Batch, TokenizedSplit, collate, epoch_batches, iterate_batches
+from training.generation import autocast_context
+from training.loss import evaluation, mean_loss, repacked, row_losses, shared_prefix, to_tensors
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) arrived; a checkpoint was saved first."""
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        super().__init__("interrupted")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class StopFlag:
+    """Set by the signal handler; the loop stops at the next micro-batch boundary."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+
+@contextmanager
+def stop_on_signals(flag: StopFlag, log: Callable[[str], None]) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM asks for a clean stop (checkpoint, then exit); a second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed on the main thread
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested, flag.signal_name = True, signal.Signals(signum).name
+        log(f"\n{flag.signal_name}: saving a checkpoint after this batch (press Ctrl-C again to abort at once)")
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class TrainOutcome:
+    """What happened in the loop, for the manifest."""
+
+    state: LoopState
+    total_steps: int
+    steps_per_epoch: int
+    train_seconds: float
+    peak_memory_mb: float
+    stopped: str
+    best_restored: bool = False
+    val_by_kind: dict[str, float] = field(default_factory=dict)
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the resident set size."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: str) -> torch.optim.Optimizer:
+    """Paged 8-bit AdamW on CUDA when bitsandbytes has it (QLoRA recipe), plain AdamW elsewhere."""
+    if device == "cuda":
+        try:
+            import bitsandbytes as bnb
+
+            optimizer: torch.optim.Optimizer = bnb.optim.PagedAdamW8bit(
+                params, lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+            return optimizer
+        except (ImportError, AttributeError, RuntimeError):
+            pass
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up then linear decay to zero (seed article 4)."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class SFTLoop:
+    """Trains the LoRA parameters of a peft model on tokenized splits."""
+
+    def __init__(
+        self,
+        model: Any,
+        train: TokenizedSplit,
+        val: TokenizedSplit,
+        config: TrainConfig,
+        store: CheckpointStore,
+        pad_id: int,
+        device: str,
+        log: Callable[[str], None],
+        progress: bool = True,
+    ) -> None:
+        if not len(train):
+            raise ValueError("no training samples")
+        self.model = model
+        self.train_split, self.val_split = train, val
+        self.config = config
+        self.store = store
+        self.pad_id = pad_id
+        self.device = device
+        self.log = log
+        self.progress = progress
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, config, device)
+        self.lengths = [len(row) for row in train.input_ids]
+        first = epoch_batches(self.lengths, config.batch_size, config.seed, 0)
+        self.steps_per_epoch = math.ceil(len(first) / config.grad_accumulation)
+        if config.max_steps > 0:
+            self.total_steps = config.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(config.epochs * len(first) / config.grad_accumulation))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(self.total_steps, config.warmup_ratio)
+        )
+        self.flag = StopFlag()
+        # Gradient checkpointing re-runs forwards and does not mix with a key/value cache.
+        share = config.share_system_prefix and not config.gradient_checkpointing
+        self.prefix = shared_prefix(train.input_ids, train.labels) if share else 0
+        #: Called after every optimizer step (tests use it to send a signal mid-run).
+        self.on_step: Callable[[LoopState], None] | None = None
+
+    # -- data -------------------------------------------------------------------------
+
+    def _micro_batches(self, epoch: int, position: int) -> Iterator[tuple[int, int, list[int]]]:
+        """(epoch, index in epoch, sample indices) from a position onwards, across epochs, forever."""
+        while True:
+            batches = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
+            for i in range(position, len(batches)):
+                yield epoch, i, batches[i]
+            epoch, position = epoch + 1, 0
+
+    # -- validation -------------------------------------------------------------------
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Validation loss on the current weights, without disturbing training (see loss.evaluation)."""
+        if not len(self.val_split):
+            return float("nan"), {}
+        with evaluation(self.model), autocast_context(self.device, self.config.autocast):
+            batches = iterate_batches(self.val_split, self.config.batch_size * 2, self.pad_id)
+            return mean_loss(self.model, batches, self.device)
+
+    def _after_validation(self, state: LoopState, loss: float) -> bool:
+        """Record a validation; keep the best weights; True when early stopping says stop."""
+        state.val_losses.append([state.step, loss])
+        if math.isnan(loss):
+            return False
+        if state.best_val is None or loss < state.best_val - self.config.min_delta:
+            state.best_val, state.best_step, state.bad_evals = loss, state.step, 0
+            self.store.save_best(self.model, state)
+            return False
+        state.bad_evals += 1
+        return bool(self.config.patience) and state.bad_evals >= self.config.patience
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, resume: bool, fingerprint: str) -> TrainOutcome:
+        """Train to the end (or early stop); raises Interrupted after saving a checkpoint on Ctrl-C."""
+        if getattr(self.model, "yijia_inference_only", False) or repacked(self.model):
+            raise RuntimeError(
+                "this model instance has served inference (bitsandbytes repacked its 4-bit weights); "
+                "training it would crash or compute wrong gradients: load a fresh base"
+            )
+        state = self.store.resume(self.model, self.optimizer, self.scheduler, fingerprint) if resume else None
+        if state is None:
+            self.store.clear()
+            state = LoopState(fingerprint=fingerprint)
+            self.log(
+                f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) on {len(self.train_split)} "
+                f"samples; validating on {len(self.val_split)} every {self.config.eval_every} steps"
+                + (f"; shared system prefix of {self.prefix} tokens encoded once per batch" if self.prefix else "")
+            )
+            state.base_val_loss, state.base_val_by_kind = self.validate()  # LoRA B=0: this is the base
+            self._after_validation(state, state.base_val_loss)
+            self.log(f"validation loss before training (base): {state.base_val_loss:.4f}")
+        else:
+            self.log(f"resuming at step {state.step}/{self.total_steps} (epoch {state.epoch + 1})")
+        started = time.perf_counter()
+        elapsed_before = state.train_seconds
+        stopped = ""
+        bar = self._bar(state)
+        batches = self._micro_batches(state.epoch, state.position)
+        self.model.train()
+        with stop_on_signals(self.flag, self.log):
+            try:
+                while state.step < self.total_steps:
+                    step_batches = [next(batches) for _ in range(self.config.grad_accumulation)]
+                    # Seeded per step: a resumed run draws the same dropout masks as an unbroken one.
+                    torch.manual_seed(self.config.seed * 100_003 + state.step)
+                    loss = self._step([collate(self.train_split, b, self.pad_id) for _, _, b in step_batches])
+                    if loss is None:  # stop requested mid-step: the weights are still those of state.step
+                        break
+                    epoch, index, _ = step_batches[-1]
+                    state.epoch, state.position = epoch, index + 1
+                    state.step += 1
+                    state.train_losses.append([state.step, loss])
+                    state.train_seconds = elapsed_before + time.perf_counter() - started
+                    stop_early = False
+                    if state.step % self.config.eval_every == 0 or state.step == self.total_steps:
+                        val, by_kind = self.validate()
+                        state.last_val_by_kind = by_kind
+                        stop_early = self._after_validation(state, val)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(self._postfix(state), refresh=False)
+                    if self.on_step is not None:
+                        self.on_step(state)
+                    if state.step % self.config.save_every == 0:
+                        self.store.save(self.model, self.optimizer, self.scheduler, state)
+                    if stop_early:
+                        stopped = f"early stop: no improvement in {self.config.patience} validations"
+                        break
+                    if self.flag.requested:
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
+            if self.flag.requested:
+                path = self.store.save(self.model, self.optimizer, self.scheduler, state)
+                self.log(
+                    f"checkpoint saved at step {state.step}: {path}\n  continue with the same command plus --resume"
+                )
+                raise Interrupted(path)
+        state.train_seconds = elapsed_before + time.perf_counter() - started
+        if not stopped:
+            stopped = "max_steps" if self.config.max_steps > 0 else "epochs done"
+        self.store.save(self.model, self.optimizer, self.scheduler, state)  # a crash in the evaluation loses nothing
+        restored = self.store.load_best(self.model) if state.best_step != state.step else False
+        return TrainOutcome(
+            state=state,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            train_seconds=state.train_seconds,
+            peak_memory_mb=peak_memory_mb(self.device),
+            stopped=stopped,
+            best_restored=restored,
+        )
+
+    def _step(self, batches: list[Batch]) -> float | None:
+        """One optimizer step over accumulated micro-batches; None when a stop was requested first."""
+        tokens = sum(b.label_tokens for b in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for batch in batches:
+            if self.flag.requested:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            if not batch.label_tokens:
+                continue
+            with autocast_context(self.device, self.config.autocast):
+                sums, _ = row_losses(self.model, to_tensors(batch, self.device), self.prefix)
+                # Normalised by the whole step's labelled tokens: every token weighs the same.
+                loss = sums.sum() / max(tokens, 1)
+            loss.backward()
+            total += float(loss.detach())
+        if self.flag.requested:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training loss became {total}; lower the learning rate")
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return total
+
+    # -- progress -------------------------------------------------------------------------
+
+    def _bar(self, state: LoopState) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
+        bar.set_postfix(self._postfix(state), refresh=False)
+        return bar
+
+    def _postfix(self, state: LoopState) -> dict[str, str]:
+        recent = [loss for _, loss in state.train_losses[-10:]]
+        out = {"loss": f"{sum(recent) / len(recent):.3f}" if recent else "-"}
+        if state.val_losses:
+            out["val"] = f"{state.val_losses[-1][1]:.3f}"
+        out["lr"] = f"{self.scheduler.get_last_lr()[0]:.1e}"
+        return out
