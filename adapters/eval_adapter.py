@@ -1,0 +1,208 @@
+"""`eval adapter NAME --data FILE`: held-out loss and perplexity with the adapter vs the base, answers side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.offline import force_offline
+
+force_offline()  # before torch/peft pull in bitsandbytes, whose import-time kernel warning it silences
+
+import torch  # noqa: E402
+
+from adapters.chat_format import IGNORE_INDEX, build_supervised_example, render_prompt_ids  # noqa: E402
+from assistant.config import Settings  # noqa: E402
+from assistant.errors import UsageError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LossResult:
+    """Mean loss over every assistant token (token-weighted), its perplexity, and per-example losses."""
+
+    loss: float
+    tokens: int
+    per_example: tuple[float, ...]
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
+
+
+def assistant_token_loss(model: Any, examples: Sequence[dict[str, list[int]]]) -> LossResult:
+    """Cross-entropy of the next token at every position whose label is not IGNORE_INDEX (assistant tokens only)."""
+    total, count, per_example = 0.0, 0, []
+    for example in examples:
+        labels = torch.tensor(example["labels"][1:])
+        mask = labels != IGNORE_INDEX
+        if not bool(mask.any()):
+            continue
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0, :-1]
+            # Only the scored rows go to fp32: full-vocabulary logits for every position are large.
+            nll = torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+        total += float(nll)
+        count += int(mask.sum())
+        per_example.append(float(nll) / int(mask.sum()))
+    if not count:
+        raise UsageError("no assistant tokens to score", "every example needs an assistant answer")
+    return LossResult(total / count, count, tuple(per_example))
+
+
+def greedy_answer(
+    model: Any, tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None, max_new_tokens: int
+) -> str:
+    """The greedy answer to a conversation (the model's own generation config, e.g. its repetition penalty)."""
+    ids = torch.tensor([render_prompt_ids(tokenizer, messages, system)])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+
+
+@contextmanager
+def _base_only(peft_model: Any) -> Iterator[None]:
+    with peft_model.disable_adapter():
+        yield
+
+
+def _find_adapter(settings: Settings, name: str) -> Any:
+    from main import installed_adapters
+
+    adapters = installed_adapters(settings)
+    for adapter in adapters:
+        if adapter.name == name:
+            return adapter
+    raise UsageError(
+        f"unknown adapter {name!r}",
+        f"installed in {settings.adapters_dir}: {', '.join(a.name for a in adapters) or 'none'}",
+    )
+
+
+def evaluate_adapter(
+    peft_model: Any,
+    tokenizer: Any,
+    samples: Sequence[Any],
+    system: str | None,
+    max_length: int,
+    n_answers: int,
+    max_new_tokens: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Loss/perplexity through the adapter and through the plain base (disable_adapter), plus sample answers."""
+    examples = [build_supervised_example(tokenizer, s.as_messages(), system, max_length) for s in samples]
+    log(f"scoring {len(examples)} held-out examples with the adapter...")
+    with_adapter = assistant_token_loss(peft_model, examples)
+    log("scoring them with the base...")
+    with _base_only(peft_model):
+        base = assistant_token_loss(peft_model, examples)
+    better = sum(a < b for a, b in zip(with_adapter.per_example, base.per_example, strict=True))
+    answers = []
+    for i, sample in enumerate(samples[:n_answers], start=1):
+        messages = sample.as_messages()
+        last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = messages[:last]
+        log(f"answering sample {i}/{min(n_answers, len(samples))}...")
+        answer = greedy_answer(peft_model, tokenizer, prompt, system, max_new_tokens)
+        with _base_only(peft_model):
+            plain = greedy_answer(peft_model, tokenizer, prompt, system, max_new_tokens)
+        answers.append(
+            {
+                "source": sample.source,
+                "prompt": prompt[-1]["content"],
+                "reference": messages[last]["content"],
+                "adapter": answer,
+                "base": plain,
+            }
+        )
+    return {
+        "examples": len(examples),
+        "adapter_scores": with_adapter.as_dict(),
+        "base": base.as_dict(),
+        "loss_change": with_adapter.loss - base.loss,
+        "adapter_better_on": better,
+        "samples": answers,
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """Plain text for a terminal."""
+    name, a, b = result["adapter"], result["adapter_scores"], result["base"]
+    width = max(len(name), 4)
+    lines = [
+        f"adapter {name} vs base on {result['file']}: {result['examples']} examples, {a['tokens']} assistant tokens",
+        "",
+        f"{'':<{width}}  {'loss':>7}  {'perplexity':>10}",
+        f"{'base':<{width}}  {b['loss']:7.3f}  {b['perplexity']:10.2f}",
+        f"{name:<{width}}  {a['loss']:7.3f}  {a['perplexity']:10.2f}",
+        "",
+        f"the adapter has the lower loss on {result['adapter_better_on']}/{result['examples']} examples",
+    ]
+    pad = max(len(name), len("reference")) + 3
+    for i, s in enumerate(result["samples"], start=1):
+        lines += [
+            "",
+            f"--- sample {i} ({s['source']}): {s['prompt']}",
+            f"{'[base]':<{pad}}{s['base']}",
+            f"{f'[{name}]':<{pad}}{s['adapter']}",
+            f"{'[reference]':<{pad}}{s['reference']}",
+        ]
+    return "\n".join(lines)
+
+
+def run_adapter_eval(args: Any, settings: Settings, log: Callable[[str], None]) -> int:
+    """`eval adapter NAME --data FILE [--samples N]`."""
+    from peft import PeftModel
+
+    from adapters.base_model import load_base
+    from adapters.registry import read_manifest
+    from data.sft import load_sft_file
+    from main import system_prompt
+
+    if args.samples < 0 or args.max_length < 8 or args.limit < 0:
+        raise UsageError("--samples and --limit must be >= 0, --max-length >= 8")
+    adapter = _find_adapter(settings, args.name)
+    samples = load_sft_file(args.data)  # BadInputFile (exit 2, file:line) on a malformed line
+    if args.limit and len(samples) > args.limit:
+        log(f"scoring the first {args.limit} of {len(samples)} examples (--limit)")
+        samples = samples[: args.limit]
+    system = args.system or system_prompt(settings)
+    loaded = load_base(settings)
+    trained_on = read_manifest(Path(adapter.path)).get("base_checksum", "")
+    if trained_on != loaded.checksum:
+        raise UsageError(
+            f"adapter {args.name!r} was trained on another base ({adapter.base_model})",
+            "evaluate it with --base pointing at that base, or retrain it on this one",
+        )
+    # Attached before any forward pass: only then is disable_adapter() bit-exact with the base.
+    peft_model = PeftModel.from_pretrained(loaded.model, adapter.path, adapter_name=adapter.name, is_trainable=False)
+    peft_model.eval()
+    max_new = args.max_new_tokens or 128
+    result = evaluate_adapter(
+        peft_model, loaded.tokenizer, samples, system, args.max_length, args.samples, max_new, log
+    )
+    result = {
+        "adapter": adapter.name,
+        "file": str(args.data),
+        "base_model": loaded.model_id,
+        "quantization": loaded.info.quantization,
+        **result,
+    }
+    print(json.dumps(result, ensure_ascii=False) if args.json else format_result(result))
+    return 0

@@ -1,0 +1,107 @@
+"""The `eval` command group (routing, adapter, identity); torch-free at import so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from assistant.config import Settings
+from assistant.errors import UsageError
+
+COMMANDS = ("eval",)
+
+_IDENTITY_MODULE = "training.identity_probe"
+
+
+def _identity_module() -> Any | None:
+    """The training engineer's identity probe when this checkout has it (it owns `eval identity`)."""
+    try:
+        return importlib.import_module(_IDENTITY_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (_IDENTITY_MODULE, "training"):
+            raise  # the module exists but one of its own imports is missing: say so, do not hide it
+        return None
+
+
+def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add `eval routing|adapter|identity`."""
+    ev = subparsers.add_parser("eval", help="measure routing quality, an adapter against the base, identity answers")
+    sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+
+    routing = sub.add_parser("routing", help="routing quality on a labelled JSONL file")
+    add_common(routing)
+    routing.add_argument("file", type=Path, help='JSON Lines {"text": ..., "label": ...} (or seed-style `LABEL TEXT`)')
+    routing.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    routing.add_argument("--show-errors", action="store_true", help="list the misrouted queries with their scores")
+
+    adapter = sub.add_parser("adapter", help="validation loss/perplexity of an adapter vs the base on held-out data")
+    add_common(adapter)
+    adapter.add_argument("name", help="an installed adapter (see `python main.py adapters`)")
+    adapter.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help='held-out JSONL: {"prompt", "response"} or {"messages": [...]} per line',
+    )
+    adapter.add_argument(
+        "--samples", type=int, default=3, help="answers shown side by side, adapter vs base (default 3)"
+    )
+    adapter.add_argument("--max-length", type=int, default=512, help="tokens per example for the loss (default 512)")
+    adapter.add_argument("--limit", type=int, default=64, help="score at most N examples (default 64; 0 = all)")
+    adapter.add_argument("--max-new-tokens", type=int, help="longest sample answer (default 128)")
+    adapter.add_argument("--system", help="system prompt (default: the assistant's identity)")
+    adapter.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    module = _identity_module()
+    if module is not None:
+        module.register_identity_eval(sub, add_common)
+    else:
+        identity = sub.add_parser("identity", help="identity answers (needs training/identity_probe.py)")
+        add_common(identity)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_routing(args: Any, settings: Settings) -> int:
+    """`eval routing FILE`: route every labelled line and score it."""
+    from assistant.eval_routing import evaluate_routing
+    from data.labels import load_labelled_file
+    from main import build_router, installed_adapters
+
+    examples = load_labelled_file(args.file)  # BadInputFile (exit 2, file:line) on a malformed line
+    if not examples:
+        raise UsageError(f"{args.file}: no labelled examples", 'expected JSON lines {"text": ..., "label": ...}')
+    router = build_router(settings, installed_adapters(settings))
+    result = evaluate_routing(router, examples)
+    if args.json:
+        print(json.dumps({"file": str(args.file), **result.as_dict(args.show_errors)}, ensure_ascii=False))
+    else:
+        print(f"routing evaluation of {args.file} ({result.queries} queries)\n")
+        print(result.format(args.show_errors))
+    return 0
+
+
+def run(args: Any, settings: Settings) -> int:
+    """Dispatch `eval WHAT`."""
+    what = args.eval_command
+    if what == "routing":
+        return run_routing(args, settings)
+    if what == "adapter":
+        from adapters.eval_adapter import run_adapter_eval  # torch: imported only when asked for
+
+        return run_adapter_eval(args, settings, _log)
+    if what == "identity":
+        module = _identity_module()
+        if module is None:
+            raise UsageError(
+                "identity evaluation is not part of this checkout", f"it needs {_IDENTITY_MODULE.replace('.', '/')}.py"
+            )
+        return int(module.run_identity_eval(args, settings))
+    raise UsageError(f"unknown eval command {what!r}")
