@@ -17,7 +17,7 @@ force_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from assistant.cli import build_parser  # noqa: E402
-from assistant.config import BUNDLED, Settings, load_settings  # noqa: E402
+from assistant.config import Settings, load_settings  # noqa: E402
 from assistant.engine import AdapterInfo, GenerationParams  # noqa: E402
 from assistant.errors import USER_ERRORS, UsageError  # noqa: E402
 
@@ -57,15 +57,10 @@ def installed_adapters(settings: Settings) -> list[AdapterInfo]:
 
 
 def build_encoder(settings: Settings) -> Any:
-    """The bundled multilingual-e5-small, or any sentence-transformers model the user names."""
-    from assistant.encoders import SentenceTransformerEncoder
+    """The router's sentence encoder (one shared choice; tests replace it with a fake)."""
+    from adapters.encoder_choice import build_encoder as choose
 
-    if settings.encoder == BUNDLED:
-        from adapters.bundled_encoder import prepare_bundled_encoder
-
-        path = prepare_bundled_encoder()
-        return SentenceTransformerEncoder(str(path), name=f"bundled:{path.name}")
-    return SentenceTransformerEncoder(settings.encoder)
+    return choose(settings)
 
 
 def routing_files(settings: Settings, adapters: list[AdapterInfo]) -> list[Path]:
@@ -94,7 +89,6 @@ def build_router(settings: Settings, adapters: list[AdapterInfo]) -> Any:
 def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> Any:
     """The shared base (4-bit by default) with every installed adapter attached."""
     from adapters.base_model import load_base
-
     from adapters.hf_engine import TransformersEngine
 
     loaded = load_base(settings, progress=True)

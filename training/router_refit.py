@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from assistant.config import BUNDLED, Settings
+from assistant.config import Settings
 from assistant.metrics import ClassificationReport, classification_report
 from assistant.router import decide
 from assistant.router_fit import (
@@ -29,15 +29,10 @@ MAX_DROP = 0.02  # accuracy on the existing labelled data may fall by at most 2 
 
 
 def build_encoder(settings: Settings) -> Any:
-    """The sentence encoder the app routes with (same choice as main.py's)."""
-    from assistant.encoders import SentenceTransformerEncoder
+    """The sentence encoder the app routes with (the one shared choice)."""
+    from adapters.encoder_choice import build_encoder as choose
 
-    if settings.encoder == BUNDLED:
-        from adapters.bundled_encoder import bundled_encoder_path
-
-        path = bundled_encoder_path()
-        return SentenceTransformerEncoder(str(path), name=f"bundled:{path.name}")
-    return SentenceTransformerEncoder(settings.encoder)
+    return choose(settings)
 
 
 class MemoEncoder:
