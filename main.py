@@ -92,6 +92,12 @@ def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> A
     from adapters.hf_engine import TransformersEngine
 
     loaded = load_base(settings, progress=True)
+    if loaded.info.device == "cpu" and settings.quantization == "4bit":
+        from adapters.int8_head import use_int8_output_layer
+
+        # The bf16 output layer is half of every CPU decode step; int8 rows measured 1.36x faster
+        # decode with the same greedy answer (docs/benchmarks). Before the adapters attach.
+        use_int8_output_layer(loaded.model)
     return TransformersEngine(
         loaded.model,
         loaded.tokenizer,

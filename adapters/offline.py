@@ -21,7 +21,9 @@ OFFLINE_ENV = {
 # hundreds of small parallel regions per decoded token can wait on a descheduled thread. Measured on
 # this project's 2-core machine under load (loadavg ~9): NF4 decode 0.8-1.8 tok/s and a 10-22 s
 # warm-up with ACTIVE, 10-11.7 tok/s and 1.9 s with PASSIVE. Users can still set ACTIVE.
-THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# numpy's BLAS would spread the router's tiny 1x384 products over both cores and lose ~12 ms
+# to thread hand-off on a busy machine; one thread does them in well under a millisecond.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
 
 # Loggers that talk on import about things a user cannot act on.
 _QUIET_LOGGERS = (

@@ -80,6 +80,8 @@ class Router:
         self.stored = stored
         self.routes = dict(routes)
         self.nearest_k = nearest_k
+        # Stored as float16 to keep the file small; converted once here, not on every query.
+        self._example_vectors = stored.example_vectors.astype(np.float32)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -101,7 +103,7 @@ class Router:
             return []
         vectors = self.encoder.encode(texts)
         probs = self.stored.classifier.predict_proba(vectors)
-        sims = vectors @ self.stored.example_vectors.astype(np.float32).T if self.nearest_k else None
+        sims = vectors @ self._example_vectors.T if self.nearest_k else None
         return [self._choice(probs[i], None if sims is None else sims[i]) for i in range(len(texts))]
 
     def _choice(self, probs: np.ndarray, sims: np.ndarray | None) -> RouteChoice:

@@ -15,19 +15,20 @@ def _plt() -> Any:
     return plt
 
 
+_COLORS = ["#4C72B0", "#55A868", "#C44E52", "#8172B2", "#CCB974", "#64B5CD", "#8C8C8C", "#DD8452"]
+
+
 def _bars(ax: Any, labels: list[str], values: list[float], fmt: str) -> None:
-    bars = ax.bar(
-        labels, values, color=["#4C72B0", "#55A868", "#C44E52", "#8172B2", "#CCB974", "#64B5CD"][: len(values)]
-    )
+    """Horizontal bars (long labels stay readable), first label on top, each value written at its bar's end."""
+    positions = list(range(len(values)))[::-1]
+    colors = [_COLORS[i % len(_COLORS)] for i in range(len(values))]
+    bars = ax.barh(positions, values, color=colors)
+    ax.set_yticks(positions, labels, fontsize=8)
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(
-            fmt.format(value),
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
+            f" {fmt.format(value)}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8
         )
-    ax.tick_params(axis="x", labelsize=8, rotation=15)
+    ax.margins(x=0.15)
 
 
 def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -36,7 +37,7 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
     written: list[Path] = []
     g = r["generation"]
     measured = {k: v for k, v in g["variants"].items() if "decode_tok_s" in v}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     _bars(left, [v["label"] for v in measured.values()], [v["decode_tok_s"] for v in measured.values()], "{:.1f}")
     left.set_title(f"decode tokens/s (median of {g['repeats']}, {g['threads']} threads)")
     _bars(right, [v["label"] for v in measured.values()], [v["ttft_s"] for v in measured.values()], "{:.2f}")
@@ -53,7 +54,7 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
         one = a["base_delta_mib"] + a["per_adapter_mib"]
         values = [a["base_delta_mib"], one, a["ten_adapters_mib"], a["ten_merged_nf4_mib"], a["ten_merged_mib"]]
         _bars(ax, labels, values, "{:,.0f}")
-        ax.set_ylabel("RSS, MiB")
+        ax.set_xlabel("RSS, MiB")
         ax.set_title("resident memory: adapters on one base vs merged models")
         fig.tight_layout()
         written.append(out_dir / "memory.png")
@@ -61,22 +62,29 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
         plt.close(fig)
 
     rt = r["router"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _bars(
-        ax,
-        ["p50 (one query)", "p95 (one query)", "encode p50", "classify p50", "per query, batched"],
-        [
-            rt["single_ms_p50"],
-            rt["single_ms_p95"],
-            rt["encode_ms_p50"],
-            rt["classify_ms_p50"],
-            rt["batch_ms_per_query"],
-        ],
-        "{:.1f}",
-    )
-    ax.axhline(rt["target_ms"], color="grey", linestyle="--", linewidth=1)
-    ax.set_ylabel("ms")
-    ax.set_title(f"router latency ({rt['encoder']})")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [
+        "as wired: p50 (one query)",
+        "as wired: p95",
+        "as wired: encode p50",
+        "as wired: classify p50",
+        "as wired: per query, batched",
+    ]
+    values = [
+        rt["single_ms_p50"],
+        rt["single_ms_p95"],
+        rt["encode_ms_p50"],
+        rt["classify_ms_p50"],
+        rt["batch_ms_per_query"],
+    ]
+    proto = rt.get("prototype")
+    if proto:
+        labels += ["prototype: p50 (one query)", "prototype: encode p50", "prototype: classify p50"]
+        values += [proto["single_ms_p50"], proto["encode_ms_p50"], proto["classify_ms_p50"]]
+    _bars(ax, labels, values, "{:.1f}")
+    ax.axvline(rt["target_ms"], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("ms (dashed: 10 ms target)")
+    ax.set_title("router latency per query")
     fig.tight_layout()
     written.append(out_dir / "router.png")
     fig.savefig(written[-1], dpi=110)

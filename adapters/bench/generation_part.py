@@ -72,8 +72,8 @@ def _peer_variant(settings: Settings, ids: list[int], threads: int) -> Variant |
 
 def _prototypes(settings: Settings, empty: Path, prompt: Any, log: Callable[[str], None]) -> list[Variant]:
     """Speed fixes measured next to the product path (not yet the product: see each module's docstring)."""
-    from adapters.bench.fast_head import use_int8_output_layer
     from adapters.bench.int4_torch import convert_to_int4
+    from adapters.int8_head import use_int8_output_layer
 
     log("[bench] loading prototype: NF4 + int8 output layer...")
     _, head_engine, _, head_facts = load_engine(settings, "4bit", empty, log, prepare=use_int8_output_layer)
