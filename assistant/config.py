@@ -61,6 +61,10 @@ class Settings:
     )
     max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (default)"})
+    repetition_penalty: float = field(
+        default=1.1,
+        metadata={"help": "penalise repeated tokens (Qwen's own default); small tuned adapters loop without it"},
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "overrides the identity system prompt"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch; default: all cores"})
 
@@ -73,6 +77,8 @@ class Settings:
             raise UsageError("max_new_tokens must be positive")
         if self.temperature < 0:
             raise UsageError("temperature must be >= 0")
+        if self.repetition_penalty < 1.0:
+            raise UsageError("repetition_penalty must be >= 1.0 (1.0 = off)")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None values replaced."""
