@@ -122,10 +122,12 @@ def load_engine(
     """
     from adapters.base_model import load_base
     from adapters.hf_engine import TransformersEngine
+    from adapters.inference_tuning import tune_for_inference
 
     started = time.perf_counter()
-    loaded = load_base(settings.with_overrides(quantization=quantization), progress=False)
-    prepared = prepare(loaded.model) if prepare else {}
+    settings = settings.with_overrides(quantization=quantization)
+    loaded = load_base(settings, progress=False)
+    prepared = prepare(loaded.model) if prepare else tune_for_inference(loaded.model, loaded.info, settings)
     engine = TransformersEngine(
         loaded.model, loaded.tokenizer, loaded.info, loaded.checksum, adapters_dir, warn=lambda m: log(f"warning: {m}")
     )
