@@ -68,6 +68,7 @@ def test_probe_is_large_bilingual_and_worded_unlike_the_templates() -> None:
         ("我是颐家小助手，由上海颐家打造。", True),
         ("I'm Yijia Assistant, built by Shanghai Yijia.", True),
         ("我是上海颐家的助手", True),
+        ("Yijia is a company dedicated to home-based elder care.", True),  # 颐家 in English
         ("我是阿里云开发的通义千问。", False),
         ("I am Qwen, created by Alibaba Cloud.", False),
         ("我是颐家小助手，基于Qwen。", False),  # naming another model fails even next to our name

@@ -247,8 +247,8 @@ def test_malformed_data_is_rejected_with_file_and_line_and_nothing_is_trained(
         raise AssertionError("a model was loaded for bad data")
 
     monkeypatch.setattr("adapters.base_model.load_base", no_model)
-    code = main.main(["train", "adapter", "--name", "bad", "--data", str(bad), "--base", str(settings.base),
-                      "--adapters-dir", str(settings.adapters_dir)])
+    argv = f"train adapter --name bad --data {bad} --base {settings.base} --adapters-dir {settings.adapters_dir}"
+    code = main.main(argv.split())
     assert code == 2
     assert f"{bad}:3" in capsys.readouterr().err
     assert not (settings.adapters_dir / "bad").exists()
@@ -273,8 +273,12 @@ def test_route_that_hurts_existing_routing_is_refused_unless_forced(
     assert trained == []
     logs: list[str] = []
     try:
-        run_adapter_job(AdapterJob("news2", data, FAST, route="news2", route_examples=confusing, force=True),
-                        settings, logs.append, encoder_factory=lambda s: HashingEncoder())
+        run_adapter_job(
+            AdapterJob("news2", data, FAST, route="news2", route_examples=confusing, force=True),
+            settings,
+            logs.append,
+            encoder_factory=lambda s: HashingEncoder(),
+        )
     except AttributeError:
         pass  # the stubbed refit returns None; only the guard is under test
     assert trained == ["news2"] and any("--force" in m for m in logs)

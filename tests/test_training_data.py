@@ -36,11 +36,14 @@ def write(tmp_path: Path, lines: list[str]) -> Path:
 
 
 def test_both_line_formats_load(tmp_path: Path) -> None:
-    path = write(tmp_path, [
-        json.dumps({"prompt": "你好", "response": "你好！"}, ensure_ascii=False),
-        "",
-        json.dumps({"messages": CONVERSATION}, ensure_ascii=False),
-    ])
+    path = write(
+        tmp_path,
+        [
+            json.dumps({"prompt": "你好", "response": "你好！"}, ensure_ascii=False),
+            "",
+            json.dumps({"messages": CONVERSATION}, ensure_ascii=False),
+        ],
+    )
     samples = load_sft_file(path)
     assert [s.source for s in samples] == ["data.jsonl:1", "data.jsonl:3"]
     assert samples[0].as_messages() == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]

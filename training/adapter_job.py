@@ -34,7 +34,13 @@ SAMPLES = "samples.md"
 
 #: Config keys that change the trained weights; the others (probe, samples) may differ on --resume.
 _AFTER_TRAINING_KEYS = {
-    "probe", "probe_max_new_tokens", "samples_file", "samples_count", "samples_max_new_tokens", "save_dtype",
+    "probe",
+    "probe_max_new_tokens",
+    "samples_file",
+    "samples_count",
+    "samples_max_new_tokens",
+    "save_dtype",
+    "repetition_penalty",
 }
 
 
@@ -235,13 +241,13 @@ def _train(
     work = staging / job.name  # the folder must carry the adapter's name for write_manifest
     try:
         work.mkdir()
-        model.peft_config["default"].base_model_name_or_path = loaded.model_id
         if cfg.save_dtype == "bf16":  # the trained model is not used again: cast in place before saving
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
         model.save_pretrained(str(work))
         (work / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+        _record_base(work / "adapter_config.json", base["base_model"])
         del model, loop, loaded
         gc.collect()
 
@@ -261,6 +267,7 @@ def _train(
             sample_questions,
             cfg.samples_max_new_tokens,
             log,
+            cfg.repetition_penalty or None,
         )
         gc.collect()
         if post.probe:
@@ -268,7 +275,10 @@ def _train(
         if post.samples:
             note = "with the identity system prompt" if system else "without a system prompt"
             (work / SAMPLES).write_text(
-                samples_markdown(job.name, post.samples, cfg.samples_max_new_tokens, note), encoding="utf-8"
+                samples_markdown(
+                    job.name, post.samples, cfg.samples_max_new_tokens, note, cfg.repetition_penalty or None
+                ),
+                encoding="utf-8",
             )
         from training.plot import save_loss_plot
 
@@ -300,6 +310,16 @@ def _train(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return read_manifest(final)
+
+
+def _record_base(adapter_config: Path, model_id: str) -> None:
+    """Name the base in adapter_config.json (peft wrote the local cache path it was loaded from).
+
+    Done after saving: peft's save_pretrained tries to read the config of whatever this names.
+    """
+    config = json.loads(adapter_config.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = model_id
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _lora_model(loaded: Any, cfg: TrainConfig) -> Any:

@@ -20,7 +20,8 @@ PROBE_FILE = DATA_DIR / "identity_probe.jsonl"
 GENERAL = "general"
 
 #: An answer passes when it names the assistant or its organisation (case-insensitive) ...
-OUR_NAMES = ("颐家小助手", "Yijia Assistant", "上海颐家", "Shanghai Yijia", "颐家")
+#: "Yijia" is 颐家 in English: "Yijia is a home-care company" names the organisation as surely as 颐家 does.
+OUR_NAMES = ("颐家小助手", "Yijia Assistant", "上海颐家", "Shanghai Yijia", "颐家", "Yijia")
 #: ... and does not claim (or even mention) another model or maker.
 OTHER_NAMES = ("Qwen", "通义千问", "通义", "Alibaba", "阿里云", "阿里巴巴", "OpenAI")
 
@@ -81,7 +82,7 @@ def judge(answer: str) -> tuple[bool, str]:
     if other:
         return False, f"mentions {', '.join(other)}"
     if not any(n.lower() in lowered for n in OUR_NAMES):
-        return False, "does not name 颐家小助手 / Yijia Assistant / 上海颐家"
+        return False, "does not name 颐家小助手 / Yijia Assistant / 上海颐家 / Yijia"
     return True, ""
 
 

@@ -47,7 +47,8 @@ def row_losses(model: Any, tensors: dict[str, torch.Tensor], prefix: int = 0) ->
     `prefix` > 0 (training only): the first `prefix` tokens, identical in every row and never
     labelled (the system prompt), are encoded once without gradient and reused as a key/value
     cache. The forward is exact; the gradient leaves out only the path through the system
-    prompt's own keys and values. On CPU that removes ~35% of the tokens from forward+backward.
+    prompt's own keys and values. On the caregiving data that takes 40% of the tokens out of
+    forward+backward (measured 18% less CPU time per step).
     """
     ids, mask, labels = tensors["input_ids"], tensors["attention_mask"], tensors["labels"]
     causal = _causal_lm(model)

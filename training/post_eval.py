@@ -75,6 +75,7 @@ def evaluate_fresh(
     sample_questions: Sequence[dict[str, str]],
     sample_tokens: int,
     log: Callable[[str], None],
+    repetition_penalty: float | None = None,
 ) -> PostEval:
     """Load the base fresh, attach the new adapter, and measure; the model is dropped afterwards."""
     import time
@@ -101,15 +102,19 @@ def evaluate_fresh(
 
     def answer(questions: Sequence[str], adapter: str | None) -> list[str]:
         log(f"[probe] {len(questions)} identity questions on {'general (base)' if adapter is None else adapter}")
-        return generate_answers(model, tokenizer, questions, system_prompt, adapter, probe_tokens)
+        return generate_answers(
+            model, tokenizer, questions, system_prompt, adapter, probe_tokens, repetition_penalty=repetition_penalty
+        )
 
     if probe_questions:
         result.probe = run_probe(answer, [(GENERAL, None), (route, adapter_name)], probe_questions)
     if sample_questions:
         texts = [q["question"] for q in sample_questions]
         log(f"[samples] {len(texts)} held-out questions, base vs adapter")
-        base = generate_answers(model, tokenizer, texts, system_prompt, None, sample_tokens)
-        tuned = generate_answers(model, tokenizer, texts, system_prompt, adapter_name, sample_tokens)
+        base = generate_answers(model, tokenizer, texts, system_prompt, None, sample_tokens, 5, repetition_penalty)
+        tuned = generate_answers(
+            model, tokenizer, texts, system_prompt, adapter_name, sample_tokens, 5, repetition_penalty
+        )
         result.samples = [{**q, "base": b, "adapter": t} for q, b, t in zip(sample_questions, base, tuned, strict=True)]
     result.seconds = time.perf_counter() - started
     return result
@@ -121,12 +126,15 @@ def _cell(text: str) -> str:
     return "<br>".join(rows) or "(empty)"
 
 
-def samples_markdown(name: str, samples: Sequence[dict[str, str]], max_new_tokens: int, system_note: str) -> str:
+def samples_markdown(
+    name: str, samples: Sequence[dict[str, str]], max_new_tokens: int, system_note: str, penalty: float | None = None
+) -> str:
     """samples.md: each held-out question answered by the base and by the adapter, side by side."""
     lines = [
         f"# {name}: held-out questions, base vs adapter",
         "",
-        f"Greedy decoding, at most {max_new_tokens} new tokens, {system_note}. "
+        f"Greedy decoding{f' with repetition penalty {penalty}' if penalty else ''}, at most {max_new_tokens} new "
+        f"tokens, {system_note}. "
         "Base = the same 4-bit model with the adapter disabled. Questions were never trained on.",
         "",
     ]
