@@ -109,9 +109,7 @@ def run_ask(session: ChatSession, queries: Iterable[Query], as_json: bool, out: 
                         out.flush()
                 elif isinstance(event, Done):
                     if event.truncated_prompt:
-                        err.write(
-                            f"warning: line {q.line}: longer than the model's context; its start was cut\n"
-                        )
+                        err.write(f"warning: line {q.line}: longer than the model's context; its start was cut\n")
                     record.update(
                         answer=event.answer, new_tokens=event.new_tokens, latency_ms=round(event.latency_ms, 1)
                     )
