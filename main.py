@@ -74,6 +74,7 @@ def routing_files(settings: Settings, adapters: list[AdapterInfo]) -> list[Path]
 
 def build_router(settings: Settings, adapters: list[AdapterInfo]) -> Any:
     """Encoder + the fitted classifier (refitted automatically when the data changes)."""
+    from assistant.about_assistant import load_or_fit_detector
     from assistant.router import GENERAL, Router
     from assistant.router_fit import load_or_fit_router
     from data.labels import load_labelled
@@ -81,9 +82,10 @@ def build_router(settings: Settings, adapters: list[AdapterInfo]) -> Any:
     encoder = build_encoder(settings)
     examples = load_labelled(routing_files(settings, adapters))
     fitted = load_or_fit_router(encoder, examples, log)
+    about = load_or_fit_detector(encoder, examples, log=log)
     routes: dict[str, str | None] = {GENERAL: None}
     routes.update({a.route: a.name for a in adapters})
-    return Router(encoder, fitted.stored, routes)
+    return Router(encoder, fitted.stored, routes, about=about)
 
 
 def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> Any:
@@ -119,7 +121,17 @@ def build_session(settings: Settings, keep_history: bool, sticky: bool, progress
     progress("loading the base model and adapters…")
     engine = build_engine(settings, progress)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
-    return ChatSession(router, engine, params, system_prompt(settings), keep_history=keep_history, sticky=sticky)
+    from data.identity import load_identity
+
+    return ChatSession(
+        router,
+        engine,
+        params,
+        system_prompt(settings),
+        keep_history=keep_history,
+        sticky=sticky,
+        answer_prefix=load_identity().answer_prefix,
+    )
 
 
 def stdin_queries(args: Any) -> Any:

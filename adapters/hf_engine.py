@@ -306,13 +306,17 @@ class TransformersEngine:
             self._active = adapter
         yield
 
-    def _prompt_ids(self, messages: list[Message], max_new_tokens: int) -> tuple[list[int], bool, int]:
-        """Prompt ids fitted to the context, whether they were cut, and the new-token allowance."""
+    def _prompt_ids(
+        self, messages: list[Message], max_new_tokens: int, answer_prefix: str = ""
+    ) -> tuple[list[int], bool, int]:
+        """Prompt ids (ending with the answer prefix's, if any) fitted to the context, whether they were
+        cut, and the new-token allowance."""
         # A max_new_tokens as large as the context would leave no room for any prompt at all.
         max_new = max_new_tokens if max_new_tokens < self._context else max(1, self._context // 2)
+        prefix = self._tokenizer.encode(answer_prefix, add_special_tokens=False) if answer_prefix else []
         convo = with_system([m.as_dict() for m in messages], self._system_prompt)
-        ids, truncated = fit_prompt(self._tokenizer, convo, self._context - max_new)
-        return ids, truncated, max_new
+        ids, truncated = fit_prompt(self._tokenizer, convo, self._context - max_new - len(prefix))
+        return ids + prefix, truncated, max_new
 
     def _processors(self, params: GenerationParams) -> LogitsProcessorList:
         """The model's own repetition penalty (and top-k/top-p when sampling), as generate() would."""
@@ -353,13 +357,15 @@ class TransformersEngine:
         stats: StreamStats,
     ) -> Generator[str, None, None]:
         start = time.perf_counter()
-        ids, truncated, max_new = self._prompt_ids(messages, params.max_new_tokens)
+        ids, truncated, max_new = self._prompt_ids(messages, params.max_new_tokens, params.answer_prefix)
         stats.prompt_tokens, stats.truncated_prompt = len(ids), truncated
         if not self._acquire(cancel):
             stats.total_s = time.perf_counter() - start
             return
         try:
             with self._adapter_scope(adapter):
+                if params.answer_prefix:
+                    yield params.answer_prefix  # the model's first words, already in its prompt
                 yield from self._decode(ids, max_new, params, cancel, stats, start)
         finally:
             self._owner = None

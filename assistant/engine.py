@@ -27,6 +27,9 @@ class GenerationParams:
 
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
+    #: Text the answer starts with, given to the model as its own first words and streamed first
+    #: (the session starts answers about the assistant in character this way).
+    answer_prefix: str = ""
 
 
 @dataclass(frozen=True)

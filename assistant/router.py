@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from assistant.classifier import StoredRouter
 from assistant.encoders import Encoder
+
+if TYPE_CHECKING:  # about_assistant fits through router_fit, which imports this module
+    from assistant.about_assistant import AboutAssistant
 
 GENERAL = "general"
 
@@ -43,6 +47,7 @@ class RouteChoice:
     nearest: tuple[Neighbour, ...] = ()
     abstained: bool = False  # the top route was not sure enough, so `general` took it
     predicted: str = ""  # the classifier's top route before abstention
+    about_assistant: bool = False  # a question about the assistant itself (who are you, who made you)
 
     def as_json(self) -> dict[str, object]:
         """The `route --json` object (without the query)."""
@@ -52,6 +57,7 @@ class RouteChoice:
             "confidence": round(self.confidence, 4),
             "margin": round(self.margin, 4),
             "abstained": self.abstained,
+            "about_assistant": self.about_assistant,
             "candidates": [{"route": c.route, "score": round(c.score, 4)} for c in self.candidates],
             "nearest": [{"text": n.text, "route": n.route, "similarity": round(n.similarity, 4)} for n in self.nearest],
         }
@@ -74,10 +80,16 @@ class Router:
     """Routes text with a fitted classifier; routes map to adapter names (general -> None)."""
 
     def __init__(
-        self, encoder: Encoder, stored: StoredRouter, routes: Mapping[str, str | None], nearest_k: int = 3
+        self,
+        encoder: Encoder,
+        stored: StoredRouter,
+        routes: Mapping[str, str | None],
+        nearest_k: int = 3,
+        about: AboutAssistant | None = None,
     ) -> None:
         self.encoder = encoder
         self.stored = stored
+        self.about = about  # flags questions about the assistant, on the same embedding
         self.routes = dict(routes)
         self.nearest_k = nearest_k
         # Stored as float16 to keep the file small; converted once here, not on every query.
@@ -104,7 +116,11 @@ class Router:
         vectors = self.encoder.encode(texts)
         probs = self.stored.classifier.predict_proba(vectors)
         sims = vectors @ self._example_vectors.T if self.nearest_k else None
-        return [self._choice(probs[i], None if sims is None else sims[i]) for i in range(len(texts))]
+        choices = [self._choice(probs[i], None if sims is None else sims[i]) for i in range(len(texts))]
+        if self.about is not None:
+            flags = self.about.flags(vectors)
+            choices = [replace(c, about_assistant=f) if f else c for c, f in zip(choices, flags, strict=True)]
+        return choices
 
     def _choice(self, probs: np.ndarray, sims: np.ndarray | None) -> RouteChoice:
         classes = self.classes

@@ -170,7 +170,7 @@ def save_router(stored: StoredRouter, folder: Path | None = None) -> Path:
 
 
 def load_or_fit_router(
-    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None
+    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, what: str = "router"
 ) -> FitResult:
     """The cached router for exactly this encoder and data, fitted (and cached) when missing or damaged."""
     log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
@@ -186,7 +186,7 @@ def load_or_fit_router(
             return FitResult(stored, report, from_cache=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         pass  # missing or damaged: refit below
-    log(f"fitting the router on {len(examples)} labelled examples (once; cached afterwards)\n")
+    log(f"fitting the {what} on {len(examples)} labelled examples (once; cached afterwards)\n")
     result = fit_router(encoder, examples, log)
     save_router(result.stored, folder)
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -66,9 +66,11 @@ class Failed:
 Event = RouteChosen | Token | Done | Failed
 
 
-def forced_choice(route: str, adapter: str | None) -> RouteChoice:
-    """A RouteChoice for a user-forced route (the router is not consulted)."""
-    return RouteChoice(route, adapter, 1.0, 1.0, (Candidate(route, 1.0),), predicted=route)
+def forced_choice(route: str, adapter: str | None, about_assistant: bool = False) -> RouteChoice:
+    """A RouteChoice for a user-forced route (the router's choice of route is not used)."""
+    return RouteChoice(
+        route, adapter, 1.0, 1.0, (Candidate(route, 1.0),), predicted=route, about_assistant=about_assistant
+    )
 
 
 class ChatSession:
@@ -82,8 +84,11 @@ class ChatSession:
         system_prompt: str | None = None,
         keep_history: bool = True,
         sticky: bool = False,
+        answer_prefix: Callable[[str], str] | None = None,
     ) -> None:
         self.router = router
+        # question -> how an answer about the assistant starts (Identity.answer_prefix); None = never
+        self.answer_prefix = answer_prefix
         self.engine = engine
         self.params = params or GenerationParams()
         self.system_prompt = system_prompt
@@ -125,11 +130,13 @@ class ChatSession:
     def choose(self, text: str) -> RouteChosen:
         """Decide the route and adapter for `text` without generating."""
         installed = self.installed()
-        if self.override == BASE:
-            return RouteChosen(forced_choice(GENERAL, None), None, forced=True)
         if self.override is not None:
+            # The router still says whether the question is about the assistant, on a forced route too.
+            about = self.answer_prefix is not None and self.router.route(text).about_assistant
+            if self.override == BASE:
+                return RouteChosen(forced_choice(GENERAL, None, about), None, forced=True)
             route = installed[self.override]
-            return RouteChosen(forced_choice(route, self.override), self.override, forced=True)
+            return RouteChosen(forced_choice(route, self.override, about), self.override, forced=True)
         choice = self.router.route(text)
         route, adapter, sticky = choice.route, choice.adapter, False
         if self.sticky and self._last_route and self._last_route[0] != route and self.history:
@@ -159,10 +166,13 @@ class ChatSession:
         if self.system_prompt:
             messages.insert(0, Message("system", self.system_prompt))
         messages.append(Message("user", text))
+        params = self.params
+        if chosen.choice.about_assistant and self.answer_prefix is not None:
+            params = replace(params, answer_prefix=self.answer_prefix(text))
         stats = StreamStats()
         pieces: list[str] = []
         try:
-            for piece in self.engine.stream(messages, chosen.adapter, self.params, cancel, stats):
+            for piece in self.engine.stream(messages, chosen.adapter, params, cancel, stats):
                 pieces.append(piece)
                 yield Token(piece)
         except USER_ERRORS as exc:

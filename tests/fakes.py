@@ -40,6 +40,7 @@ class ScriptedEngine:
         self._adapters = list(adapters)
         self.fail_with = fail_with
         self.calls: list[tuple[list[Message], str | None]] = []
+        self.params: list[GenerationParams] = []
 
     def info(self) -> EngineInfo:
         return EngineInfo("fake-base", "nf4", "cpu", "fake")
@@ -56,7 +57,8 @@ class ScriptedEngine:
         stats: StreamStats | None = None,
     ) -> Iterator[str]:
         self.calls.append((list(messages), adapter))
-        words = f"answer from {adapter or 'base'} to: {messages[-1].content}".split(" ")
+        self.params.append(params)
+        words = f"{params.answer_prefix}answer from {adapter or 'base'} to: {messages[-1].content}".split(" ")
         for i, word in enumerate(words[: params.max_new_tokens]):
             if cancel is not None and cancel.is_set():
                 break

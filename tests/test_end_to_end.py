@@ -81,3 +81,20 @@ def test_routing_on_heldout_questions_meets_the_targets() -> None:
     accuracy = {k: sum(v) / len(v) for k, v in groups.items()}
     assert accuracy["all"] >= 0.97, accuracy
     assert min(accuracy.values()) >= 0.95, accuracy
+
+
+def test_questions_about_the_assistant_are_recognised_and_others_rarely() -> None:
+    """The detector that starts identity answers in character, on the real encoder (measured: 36/36, 1.9%)."""
+    probe = [
+        json.loads(line)["question"]
+        for line in (REPO / "data" / "identity_probe.jsonl").read_text("utf-8").splitlines()
+    ]
+    heldout = [e.text for e in load_labelled_file(HELDOUT_DIR / "validation.jsonl")]
+    result = run_main("route", "--json", stdin="\n".join(probe + heldout) + "\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    flags = [json.loads(line)["about_assistant"] for line in result.stdout.splitlines()]
+    recognised, flagged = sum(flags[: len(probe)]), sum(flags[len(probe) :])
+    assert recognised >= 0.9 * len(probe), recognised
+    # The held-out routing set has a few real questions about the assistant (你是哪位, What are you?)
+    # among 465 lines; anything much above them means everyday questions get an identity start.
+    assert flagged <= 0.03 * len(heldout), flagged

@@ -147,6 +147,25 @@ def test_base_route_is_bit_exact_with_disabled_adapters_and_with_a_plain_model(
     assert stats.new_tokens == len(plain_tokens)
 
 
+def test_answer_prefix_is_streamed_first_and_the_model_continues_after_it(engine: TransformersEngine) -> None:
+    peft_model, tokenizer = engine._model, engine._tokenizer
+    prefix = "我是颐家小助手，"
+    ids = torch.cat([prompt_ids(tokenizer), torch.tensor([tokenizer.encode(prefix, add_special_tokens=False)])], 1)
+    with torch.inference_mode(), peft_model.disable_adapter():
+        out = peft_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    continuation = [int(t) for t in out[0, ids.shape[1] :]]
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    continuation = continuation[: next((i for i, t in enumerate(continuation) if t in stops), len(continuation))]
+
+    stats = StreamStats()
+    params = GenerationParams(max_new_tokens=8, temperature=0.0, answer_prefix=prefix)
+    pieces = list(engine.stream(QUESTION, None, params, stats=stats))
+    assert pieces[0] == prefix
+    assert "".join(pieces[1:]) == text_of(tokenizer, continuation)
+    assert stats.new_tokens == len(continuation)  # the prefix is prompt, not generated
+    assert stats.prompt_tokens == ids.shape[1]
+
+
 def test_base_route_equals_an_engine_without_adapters(engine: TransformersEngine, tiny: dict[str, Path]) -> None:
     empty = tiny["root"] / "no-adapters"
     empty.mkdir(exist_ok=True)

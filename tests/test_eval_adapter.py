@@ -79,6 +79,8 @@ def test_eval_adapter_reports_loss_perplexity_and_samples(
             "--max-new-tokens",
             "4",
             "--json",
+            "--system",
+            "你是小助手。",  # the product's prompt alone is ~1000 tiny-tokenizer tokens
             *common,
         ]
     )

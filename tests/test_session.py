@@ -24,7 +24,12 @@ class KeywordRouter:
         other = GENERAL if care else "caregiving"
         c = self.confidence
         return RouteChoice(
-            route, "caregiving" if care else None, c, 2 * c - 1, (Candidate(route, c), Candidate(other, 1 - c))
+            route,
+            "caregiving" if care else None,
+            c,
+            2 * c - 1,
+            (Candidate(route, c), Candidate(other, 1 - c)),
+            about_assistant="你是谁" in text,
         )
 
 
@@ -150,3 +155,28 @@ def test_restored_conversation_keeps_sticky_route() -> None:
     assert isinstance(follow, RouteChosen) and follow.sticky and follow.adapter == "caregiving"
     assert session.last_route == ("caregiving", "caregiving")
     assert [m.role for m in engine.calls[0][0]] == ["user", "assistant", "user"]
+
+
+def test_questions_about_the_assistant_start_in_character_on_every_route() -> None:
+    engine = ScriptedEngine([adapter_info("caregiving", "caregiving")])
+    session = ChatSession(KeywordRouter(), engine, answer_prefix=lambda q: "我是颐家小助手， ")
+    out = events(session, "你是谁")
+    assert isinstance(out[0], RouteChosen) and out[0].choice.about_assistant
+    done = out[-1]
+    assert isinstance(done, Done) and done.answer.startswith("我是颐家小助手， answer from base")
+    assert engine.params[-1].answer_prefix == "我是颐家小助手， "
+    assert session.history[-1].content == done.answer  # the prefix is part of the remembered answer
+
+    events(session, "糖尿病照护要点")  # not about the assistant: no prefix
+    assert engine.params[-1].answer_prefix == ""
+
+    session.set_override("caregiving")  # a forced route still starts identity answers in character
+    forced = events(session, "你是谁，照护")
+    assert isinstance(forced[0], RouteChosen) and forced[0].forced and forced[0].choice.about_assistant
+    assert engine.params[-1].answer_prefix == "我是颐家小助手， " and engine.calls[-1][1] == "caregiving"
+
+
+def test_without_an_answer_prefix_nothing_is_prefixed() -> None:
+    engine = ScriptedEngine()
+    events(ChatSession(KeywordRouter(), engine), "你是谁")
+    assert engine.params[-1].answer_prefix == ""

@@ -305,7 +305,7 @@ def test_train_router_prints_cv_accuracy_and_caches_the_router(
 
 
 def test_eval_identity_reports_every_route(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import argparse
 
@@ -317,12 +317,22 @@ def test_eval_identity_reports_every_route(
     assert parser.parse_args(["identity"]).probe == PROBE_FILE
     probe = tmp_path / "probe.jsonl"
     probe.write_text('{"question": "你是谁呀？", "lang": "zh"}\n{"question": "Who are you?", "lang": "en"}\n', "utf-8")
-    args = parser.parse_args(["identity", "--probe", str(probe), "--max-new-tokens", "2", "--json"])
-    code = run_identity_eval(args, settings)
+    monkeypatch.setattr("training.router_refit.build_encoder", lambda s: HashingEncoder())
+    common = ["identity", "--probe", str(probe), "--max-new-tokens", "2"]
+    code = run_identity_eval(parser.parse_args([*common, "--models-only", "--json"]), settings)
     report = json.loads(capsys.readouterr().out)
-    assert code == 1  # a random tiny model does not know who it is
+    assert code == 1  # a random tiny model alone does not know who it is
     assert [r["route"] for r in report["routes"]] == ["general", "caregiving"]
     assert [r["total"] for r in report["routes"]] == [2, 2]
-    args = parser.parse_args(["identity", "--probe", str(probe), "--max-new-tokens", "2", "--route", "caregiving"])
+
+    # As `ask` answers: both questions are recognised, so every answer starts in character.
+    code = run_identity_eval(parser.parse_args([*common, "--json"]), settings)
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for route in report["routes"]:
+        zh, en = (a["answer"] for a in route["answers"])
+        assert zh.startswith("我是颐家小助手，") and en.startswith("I am Yijia Assistant,")
+
+    args = parser.parse_args([*common, "--models-only", "--route", "caregiving"])
     assert run_identity_eval(args, settings) == 1
     assert "general" not in capsys.readouterr().out.split("FAIL")[0]

@@ -7,16 +7,11 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from data import DATA_DIR
-from data.errors import BadInputFile
 from data.identity import Identity, load_identity
+from data.identity_templates import LANGUAGES, identity_questions, load_templates
 from data.sft import SFTSample, sample_from_pair
-
-TEMPLATES_FILE = DATA_DIR / "identity_templates.yaml"
-LANGUAGES = ("zh", "en")
 
 
 @dataclass(frozen=True)
@@ -57,64 +52,23 @@ def fact_values(identity: Identity) -> dict[str, str]:
     }
 
 
-def load_templates(path: Path = TEMPLATES_FILE) -> dict[str, Any]:
-    """Read and check the template file (wrappers per language, intents with questions and answers)."""
-    import yaml  # lazy, like data.identity
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None
-    if (
-        not isinstance(raw, dict)
-        or not isinstance(raw.get("intents"), dict)
-        or not isinstance(raw.get("wrappers"), dict)
-    ):
-        raise BadInputFile(str(path), None, 'expected top-level "wrappers" and "intents" mappings')
-    for lang in LANGUAGES:
-        wrappers = raw["wrappers"].get(lang)
-        if not wrappers or not all(isinstance(w, str) and "{q}" in w for w in wrappers):
-            raise BadInputFile(str(path), None, f"wrappers.{lang} must be a list of strings containing {{q}}")
-    for intent, spec in raw["intents"].items():
-        for lang in LANGUAGES:
-            for key in (f"{lang}_questions", f"{lang}_answers"):
-                values = spec.get(key) if isinstance(spec, dict) else None
-                if not values or not all(isinstance(v, str) and v.strip() for v in values):
-                    raise BadInputFile(str(path), None, f"intent {intent!r}: {key} must be a non-empty list of strings")
-    return raw
-
-
-def _wrap(wrapper: str, question: str, lang: str) -> str:
-    # English questions are written lower-case so they read right after "Hi! "; a bare one
-    # starts the sentence and gets a capital.
-    if lang == "en" and wrapper.startswith("{q}"):
-        question = question[:1].upper() + question[1:]
-    return wrapper.replace("{q}", question)
-
-
 def expand_identity(identity: Identity | None = None, templates: Mapping[str, Any] | None = None) -> list[IdentityPair]:
     """Every (question x wrapper) of every intent and language, answered from the facts; deterministic order."""
     identity = identity or load_identity()
-    templates = templates or load_templates()
+    templates = dict(templates or load_templates())
     values = fact_values(identity)
+    answers = {
+        (intent, lang): [a.format(**values).strip() for a in spec[f"{lang}_answers"]]
+        for intent, spec in templates["intents"].items()
+        for lang in LANGUAGES
+    }
+    used: dict[tuple[str, str], int] = defaultdict(int)
     pairs: list[IdentityPair] = []
-    seen: set[str] = set()
-    for intent, spec in templates["intents"].items():
-        for lang in LANGUAGES:
-            answers = [a.format(**values).strip() for a in spec[f"{lang}_answers"]]
-            n = 0
-            for question in spec[f"{lang}_questions"]:
-                for wrapper in templates["wrappers"][lang]:
-                    text = _wrap(wrapper, question.strip(), lang)
-                    if text in seen:
-                        continue
-                    seen.add(text)
-                    # Answers rotate so each wording of a question meets each answer variant.
-                    pairs.append(IdentityPair(text, answers[n % len(answers)], intent, lang))
-                    n += 1
+    for text, intent, lang in identity_questions(templates):
+        # Answers rotate so each wording of a question meets each answer variant.
+        options = answers[(intent, lang)]
+        pairs.append(IdentityPair(text, options[used[(intent, lang)] % len(options)], intent, lang))
+        used[(intent, lang)] += 1
     return pairs
 
 

@@ -132,7 +132,8 @@ def register_identity_eval(eval_subparsers: Any, add_common: Callable[[argparse.
         "identity",
         help="identity probe: does every route answer as 颐家小助手 / Yijia Assistant?",
         description="Ask the fixed identity questions (data/identity_probe.jsonl) on the general route (base + "
-        "identity system prompt) and on every installed adapter's route. Exit 1 when a route is below --require.",
+        "identity system prompt) and on every installed adapter's route, answered as `ask` answers them: a question "
+        "the router recognises as about the assistant starts in character. Exit 1 when a route is below --require.",
     )
     add_common(parser)
     parser.add_argument("--probe", type=Path, default=PROBE_FILE, help="probe questions (JSONL: question, lang)")
@@ -145,20 +146,29 @@ def register_identity_eval(eval_subparsers: Any, add_common: Callable[[argparse.
     )
     parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length (default 48)")
     parser.add_argument("--require", type=float, default=1.0, help="pass rate every route must reach (default 1.0)")
+    parser.add_argument(
+        "--models-only",
+        action="store_true",
+        help="measure the models alone: no in-character start for recognised questions about the assistant",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout (all answers included)")
     parser.add_argument("--verbose", action="store_true", help="print every failure, not just the first five")
 
 
-def _engine_answers(engine: Any, system_prompt: str, max_new_tokens: int) -> AnswerFn:
-    """Answers through the product's own engine (one at a time, as a user would get them)."""
-    from assistant.engine import GenerationParams, Message
+def _engine_answers(
+    engine: Any, system_prompt: str, max_new_tokens: int, prefix: Callable[[str], str] = lambda q: ""
+) -> AnswerFn:
+    """Answers through the product's own engine (one at a time, as a user would get them).
 
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    `prefix(question)` is how the session starts that answer ("" for most questions).
+    """
+    from assistant.engine import GenerationParams, Message
 
     def answer(questions: Sequence[str], adapter: str | None) -> list[str]:
         out = []
         for i, question in enumerate(questions, start=1):
             messages = [Message("system", system_prompt), Message("user", question)]
+            params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, answer_prefix=prefix(question))
             out.append("".join(engine.stream(messages, adapter, params)).strip())
             print(f"\r[probe] {adapter or 'general'}: {i}/{len(questions)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
@@ -167,15 +177,32 @@ def _engine_answers(engine: Any, system_prompt: str, max_new_tokens: int) -> Ans
     return answer
 
 
+def _session_prefixes(settings: Any, identity: Any, questions: Sequence[ProbeQuestion]) -> Callable[[str], str]:
+    """The answer start the session would give each probe question (the same encoder, data and detector)."""
+    from assistant.about_assistant import load_or_fit_detector
+    from data.labels import load_labelled
+    from training.router_refit import build_encoder, routing_files
+
+    encoder = build_encoder(settings)
+    examples = load_labelled(routing_files(settings, settings.adapters_dir))
+    detector = load_or_fit_detector(encoder, examples)
+    texts = [q.question for q in questions]
+    flagged = {t for t, f in zip(texts, detector.flags(encoder.encode(texts)), strict=True) if f}
+    print(f"[probe] {len(flagged)}/{len(texts)} questions recognised as about the assistant", file=sys.stderr)
+    return lambda q: identity.answer_prefix(q) if q in flagged else ""
+
+
 def run_identity_eval(args: Any, settings: Any) -> int:
     """`eval identity`: the probe on every route through the real engine; exit 1 below --require."""
     from adapters.base_model import load_base
     from adapters.hf_engine import TransformersEngine
+    from adapters.inference_tuning import tune_for_inference
     from assistant.errors import UsageError
     from data.identity import load_identity
 
     questions = load_probe(args.probe)
     loaded = load_base(settings, progress=True)
+    tune_for_inference(loaded.model, loaded.info, settings)  # answer exactly as `ask` and the TUI do
 
     def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -190,14 +217,17 @@ def run_identity_eval(args: Any, settings: Any) -> int:
         if unknown:
             raise UsageError(f"unknown route(s): {', '.join(unknown)}", f"routes: {', '.join(sorted(known))}")
         routes = [r for r in routes if r[0] in args.routes]
-    system_prompt = settings.system_prompt or load_identity().system_prompt()
-    results = run_probe(_engine_answers(engine, system_prompt, args.max_new_tokens), routes, questions)
+    identity = load_identity()
+    system_prompt = settings.system_prompt or identity.system_prompt()
+    prefix = (lambda q: "") if args.models_only else _session_prefixes(settings, identity, questions)
+    results = run_probe(_engine_answers(engine, system_prompt, args.max_new_tokens, prefix), routes, questions)
     if args.json:
         print(
             json.dumps(
                 {
                     "probe": str(args.probe),
                     "questions": len(questions),
+                    "models_only": bool(args.models_only),
                     "pass_rate": summary(results),
                     "routes": [
                         {

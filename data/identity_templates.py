@@ -1,0 +1,66 @@
+"""Identity paraphrase templates (data/identity_templates.yaml): loading, checking, and the wrapped questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data import DATA_DIR
+from data.errors import BadInputFile
+
+TEMPLATES_FILE = DATA_DIR / "identity_templates.yaml"
+LANGUAGES = ("zh", "en")
+
+
+def load_templates(path: Path = TEMPLATES_FILE) -> dict[str, Any]:
+    """Read and check the template file (wrappers per language, intents with questions and answers)."""
+    import yaml  # lazy, like data.identity
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("intents"), dict)
+        or not isinstance(raw.get("wrappers"), dict)
+    ):
+        raise BadInputFile(str(path), None, 'expected top-level "wrappers" and "intents" mappings')
+    for lang in LANGUAGES:
+        wrappers = raw["wrappers"].get(lang)
+        if not wrappers or not all(isinstance(w, str) and "{q}" in w for w in wrappers):
+            raise BadInputFile(str(path), None, f"wrappers.{lang} must be a list of strings containing {{q}}")
+    for intent, spec in raw["intents"].items():
+        for lang in LANGUAGES:
+            for key in (f"{lang}_questions", f"{lang}_answers"):
+                values = spec.get(key) if isinstance(spec, dict) else None
+                if not values or not all(isinstance(v, str) and v.strip() for v in values):
+                    raise BadInputFile(str(path), None, f"intent {intent!r}: {key} must be a non-empty list of strings")
+    return raw
+
+
+def wrap_question(wrapper: str, question: str, lang: str) -> str:
+    # English questions are written lower-case so they read right after "Hi! "; a bare one
+    # starts the sentence and gets a capital.
+    if lang == "en" and wrapper.startswith("{q}"):
+        question = question[:1].upper() + question[1:]
+    return wrapper.replace("{q}", question)
+
+
+def identity_questions(templates: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """Every (question, intent, language) the templates produce: each question in each wrapper; no repeats."""
+    templates = templates or load_templates()
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for intent, spec in templates["intents"].items():
+        for lang in LANGUAGES:
+            for question in spec[f"{lang}_questions"]:
+                for wrapper in templates["wrappers"][lang]:
+                    text = wrap_question(wrapper, question.strip(), lang)
+                    if text not in seen:
+                        seen.add(text)
+                        out.append((text, intent, lang))
+    return out
