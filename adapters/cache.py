@@ -45,7 +45,7 @@ def is_complete(folder: Path, expect: dict[str, object] | None = None) -> bool:
 
 
 @contextmanager
-def atomic_dir(final: Path, facts: dict[str, object] | None = None) -> Iterator[Path]:
+def atomic_dir(final: Path, facts: dict[str, object] | None = None, marker: bool = True) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final` with a completion marker.
 
     A crash or Ctrl-C leaves at most a stray temp folder, never a half-written `final`.
@@ -54,7 +54,8 @@ def atomic_dir(final: Path, facts: dict[str, object] | None = None) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
     try:
         yield tmp
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(facts or {}, ensure_ascii=False), encoding="utf-8")
+        if marker:  # off for folders whose readers check their own contents (training checkpoints)
+            (tmp / COMPLETE_MARKER).write_text(json.dumps(facts or {}, ensure_ascii=False), encoding="utf-8")
         if final.exists():
             old = final.with_name(f".{final.name}.old{os.getpid()}")
             os.replace(final, old)

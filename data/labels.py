@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data import DATA_DIR
 from data.errors import BadInputFile
+from data.jsonl import read_lines
 
 ROUTING_DIR = DATA_DIR / "routing"
 HELDOUT_DIR = ROUTING_DIR / "heldout"
@@ -35,25 +36,10 @@ def _label(value: object, path: Path, line: int) -> str:
     return label
 
 
-def _read_lines(path: Path) -> list[str]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror}") from None
-    lines = raw.split(b"\n")
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            out.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError:
-            raise BadInputFile(str(path), number, "not valid UTF-8") from None
-    return out
-
-
 def load_labelled_file(path: Path) -> list[Example]:
     """Read one labelled file; JSONL when lines start with `{`, else seed-style `LABEL TEXT`."""
     examples: list[Example] = []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from adapters.cache import atomic_dir
 from assistant.errors import UsageError
 
 STATE = "state.json"
@@ -64,20 +63,8 @@ def load_trainable(model: Any, tensors: dict[str, torch.Tensor]) -> None:
 
 def atomic_folder(final: Path, write: Any) -> Path:
     """Run write(tmp) on a temp folder beside `final`, then swap it in: readers never see half a folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
-    try:
+    with atomic_dir(final, marker=False) as tmp:
         write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

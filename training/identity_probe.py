@@ -15,6 +15,7 @@ from typing import Any
 
 from data import DATA_DIR
 from data.errors import BadInputFile
+from data.jsonl import read_json_objects
 
 PROBE_FILE = DATA_DIR / "identity_probe.jsonl"
 GENERAL = "general"
@@ -56,18 +57,8 @@ class RouteResult:
 def load_probe(path: Path = PROBE_FILE) -> list[ProbeQuestion]:
     """Probe questions: JSON Lines {"question": ..., "lang": "zh"|"en"}."""
     out: list[ProbeQuestion] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
+    for number, obj in read_json_objects(path):
+        if not isinstance(obj.get("question"), str) or not obj["question"].strip():
             raise BadInputFile(str(path), number, 'expected {"question": ..., "lang": ...}')
         out.append(ProbeQuestion(obj["question"].strip(), str(obj.get("lang", ""))))
     if not out:

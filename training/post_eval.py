@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from data.errors import BadInputFile
+from data.jsonl import read_json_objects
 from training.dataset import TokenizedSplit, iterate_batches
 from training.generation import generate_answers
 from training.identity_probe import GENERAL, ProbeQuestion, RouteResult, run_probe
@@ -33,19 +33,7 @@ class PostEval:
 def load_questions(path: Path, count: int) -> list[dict[str, str]]:
     """`count` held-out questions spread evenly over the file (prompt/question/text, or the first user message)."""
     found: list[dict[str, str]] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise BadInputFile(str(path), number, "expected a JSON object")
+    for number, obj in read_json_objects(path):
         question = obj.get("prompt") or obj.get("question") or obj.get("text")
         reference = obj.get("response") or obj.get("answer") or ""
         if not question and isinstance(obj.get("messages"), list):

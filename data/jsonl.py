@@ -1,0 +1,39 @@
+"""Reading the project's line-based files: every bad line is reported with its file and line number."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from data.errors import BadInputFile
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's lines, decoded as UTF-8; a line that is not UTF-8 is named, not skipped."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    out = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError:
+            raise BadInputFile(str(path), number, "not valid UTF-8") from None
+    return out
+
+
+def read_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON Lines file of objects."""
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise BadInputFile(str(path), number, "expected a JSON object")
+        yield number, obj
