@@ -55,7 +55,7 @@ def explain(question: str, record: dict[str, Any] | None) -> Content:
     lines.append(Content.from_markup("[b]Route[/b]     $r → $t", r=str(record.get("route")), t=target))
     confidence, margin = float(record.get("confidence") or 0), float(record.get("margin") or 0)
     if record.get("forced"):
-        lines.append(Content("Forced with /adapter or F4: the router was not consulted."))
+        lines.append(Content("Forced with /adapter or F4: the router's choice of route was not used."))
     else:
         lines.append(Content(f"Confidence {route_score(record):.0%} · margin {margin:.2f}"))
     if record.get("sticky"):
@@ -72,6 +72,8 @@ def explain(question: str, record: dict[str, Any] | None) -> Content:
                 " so the general route answers."
             )
         )
+    if record.get("about_assistant"):
+        lines.append(Content("A question about the assistant itself: the answer starts in character (颐家小助手)."))
     if record.get("warning"):
         lines.append(Content.from_markup("[$warning]$w[/]", w=str(record["warning"])))
     candidates = record.get("candidates") or []

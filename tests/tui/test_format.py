@@ -92,3 +92,14 @@ def test_routing_record_keeps_what_why_needs() -> None:
 
 def test_human_size() -> None:
     assert [human_size(n) for n in (0, 512, 1536, 12_582_912)] == ["?", "512 B", "1.5 KB", "12.0 MB"]
+
+
+def test_why_says_when_an_answer_starts_in_character() -> None:
+    from assistant.tui.screens import explain
+
+    choice = RouteChoice("general", None, 0.9, 0.8, (Candidate("general", 0.9),), about_assistant=True)
+    record = routing_record(RouteChosen(choice, None))
+    assert record["about_assistant"] is True
+    assert "starts in character" in explain("你是谁", record).plain
+    plain = routing_record(RouteChosen(RouteChoice("general", None, 0.9, 0.8, ()), None))
+    assert "starts in character" not in explain("今天天气", plain).plain
