@@ -36,6 +36,12 @@ def render_prompt_ids(
     return _ids(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
 
 
+def render_turn_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of closed turns (no open assistant turn): a prefix of any longer conversation's ids."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return _ids(tokenizer, turns, add_generation_prompt=False)
+
+
 def build_supervised_example(
     tokenizer: Any,
     messages: Sequence[Mapping[str, str]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
@@ -19,13 +20,17 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from adapters.chat_format import render_prompt_ids, with_system
+from adapters.chat_format import render_prompt_ids, render_turn_ids, with_system
 from adapters.registry import read_manifest, scan_adapters
 from assistant.engine import AdapterInfo, EngineInfo, GenerationParams, Message, StreamStats
 from assistant.errors import AssistantError, GenerationFailed, UsageError
 
 IM_END = "<|im_end|>"
 _DEFAULT_CONTEXT = 2048  # used only when the model config names no max_position_embeddings
+
+
+#: System-turn caches kept at once: one per adapter and system prompt in use.
+_SYSTEM_KV_ENTRIES = 16
 
 
 def _warn_stderr(message: str) -> None:
@@ -152,6 +157,9 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id holding the lock, to refuse re-entry
         self._active: str | None = None  # adapter last set with set_adapter; None = unknown
+        # Keys/values of the system turn, per (adapter, token ids): every question starts with the
+        # same ~200-token system prompt, so it is encoded once per adapter rather than per answer.
+        self._system_kv: dict[tuple[str | None, tuple[int, ...]], Any] = {}
         config = getattr(model, "config", None)
         self._context = int(context_length or getattr(config, "max_position_embeddings", 0) or _DEFAULT_CONTEXT)
         self._generation_config = getattr(model, "generation_config", None)
@@ -308,15 +316,17 @@ class TransformersEngine:
 
     def _prompt_ids(
         self, messages: list[Message], max_new_tokens: int, answer_prefix: str = ""
-    ) -> tuple[list[int], bool, int]:
+    ) -> tuple[list[int], bool, int, int]:
         """Prompt ids (ending with the answer prefix's, if any) fitted to the context, whether they were
-        cut, and the new-token allowance."""
+        cut, the new-token allowance, and how many leading ids are the system turn (0: none intact)."""
         # A max_new_tokens as large as the context would leave no room for any prompt at all.
         max_new = max_new_tokens if max_new_tokens < self._context else max(1, self._context // 2)
         prefix = self._tokenizer.encode(answer_prefix, add_special_tokens=False) if answer_prefix else []
         convo = with_system([m.as_dict() for m in messages], self._system_prompt)
         ids, truncated = fit_prompt(self._tokenizer, convo, self._context - max_new - len(prefix))
-        return ids + prefix, truncated, max_new
+        system = render_turn_ids(self._tokenizer, convo[:1]) if convo and convo[0]["role"] == "system" else []
+        shared = len(system) if 0 < len(system) < len(ids) and ids[: len(system)] == system else 0
+        return ids + prefix, truncated, max_new, shared
 
     def _processors(self, params: GenerationParams) -> LogitsProcessorList:
         """The model's own repetition penalty (and top-k/top-p when sampling), as generate() would."""
@@ -357,7 +367,7 @@ class TransformersEngine:
         stats: StreamStats,
     ) -> Generator[str, None, None]:
         start = time.perf_counter()
-        ids, truncated, max_new = self._prompt_ids(messages, params.max_new_tokens, params.answer_prefix)
+        ids, truncated, max_new, shared = self._prompt_ids(messages, params.max_new_tokens, params.answer_prefix)
         stats.prompt_tokens, stats.truncated_prompt = len(ids), truncated
         if not self._acquire(cancel):
             stats.total_s = time.perf_counter() - start
@@ -366,11 +376,34 @@ class TransformersEngine:
             with self._adapter_scope(adapter):
                 if params.answer_prefix:
                     yield params.answer_prefix  # the model's first words, already in its prompt
-                yield from self._decode(ids, max_new, params, cancel, stats, start)
+                past, done = self._system_cache(ids, shared, adapter)
+                yield from self._decode(ids, max_new, params, cancel, stats, start, past, done)
         finally:
             self._owner = None
             self._lock.release()
             stats.total_s = time.perf_counter() - start
+
+    def _system_cache(self, ids: list[int], shared: int, adapter: str | None) -> tuple[Any, int]:
+        """A private copy of the system turn's keys/values for this adapter, and how many ids it covers.
+
+        Computed on first use and kept (a few MB per adapter); (None, 0) when there is no intact
+        system turn. Runs under the engine lock with the adapter already set.
+        """
+        if not shared:
+            return None, 0
+        key = (adapter, tuple(ids[:shared]))
+        cached = self._system_kv.get(key)
+        if cached is None:
+            try:
+                with torch.inference_mode():
+                    head = torch.tensor([ids[:shared]], device=self._device)
+                    cached = self._model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
+            except (RuntimeError, ValueError, AssertionError) as exc:
+                raise GenerationFailed(f"encoding the system prompt failed: {exc}") from exc
+            if len(self._system_kv) >= _SYSTEM_KV_ENTRIES:  # a changed system prompt: drop the oldest
+                self._system_kv.pop(next(iter(self._system_kv)))
+            self._system_kv[key] = cached
+        return copy.deepcopy(cached), shared  # decoding appends to the cache in place
 
     def _decode(
         self,
@@ -380,17 +413,21 @@ class TransformersEngine:
         cancel: threading.Event,
         stats: StreamStats,
         start: float,
+        past: Any = None,
+        done: int = 0,
     ) -> Iterator[str]:
-        """Manual decode loop over a KV cache: one forward per token, cancel checked between them."""
+        """Manual decode loop over a KV cache: one forward per token, cancel checked between them.
+
+        `past` already holds the keys/values of the first `done` ids (the system turn).
+        """
         processors = self._processors(params)
         decoder = IncrementalDecoder(self._tokenizer)
         sequence = torch.tensor([ids], device=self._device)
-        step_input = sequence
-        past: Any = None
+        step_input = sequence[:, done:]
         # Only the last position's logits are needed. An index tensor rather than the int 1:
         # the int makes a strided view of the prompt's hidden states, and with peft attached
         # the bf16 lm_head took a ~40x slower path on it (2-3 s per prefill on the 0.5B base).
-        last: Any = torch.tensor([len(ids) - 1], device=self._device)
+        last: Any = torch.tensor([len(ids) - done - 1], device=self._device)
         for step in range(max_new):
             if cancel.is_set():
                 return  # held-back bytes are dropped: a cancelled answer may end mid-character

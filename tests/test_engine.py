@@ -166,6 +166,21 @@ def test_answer_prefix_is_streamed_first_and_the_model_continues_after_it(engine
     assert stats.prompt_tokens == ids.shape[1]
 
 
+def test_system_turn_is_encoded_once_per_adapter_and_changes_nothing(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine._system_kv.clear()
+    first = {name: answer(engine, name) for name in (None, "alpha", "beta")}
+    assert sorted(str(adapter) for adapter, _ in engine._system_kv) == ["None", "alpha", "beta"]
+    cached = dict(engine._system_kv)
+    assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first  # reused, not mutated
+    assert all(engine._system_kv[k] is v for k, v in cached.items())
+
+    # The same decode with the whole prompt encoded every time:
+    monkeypatch.setattr(engine, "_system_cache", lambda ids, shared, adapter: (None, 0))
+    assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first
+
+
 def test_base_route_equals_an_engine_without_adapters(engine: TransformersEngine, tiny: dict[str, Path]) -> None:
     empty = tiny["root"] / "no-adapters"
     empty.mkdir(exist_ok=True)
