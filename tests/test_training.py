@@ -336,3 +336,12 @@ def test_eval_identity_reports_every_route(
     args = parser.parse_args([*common, "--models-only", "--route", "caregiving"])
     assert run_identity_eval(args, settings) == 1
     assert "general" not in capsys.readouterr().out.split("FAIL")[0]
+
+
+def test_many_cut_answers_are_a_warning_a_few_a_note() -> None:
+    from training.adapter_job import cut_report
+
+    few = cut_report(["a.jsonl:3"], 20, 512)
+    assert few.startswith("note: 1 of 20") and "a.jsonl:3" in few and "--max-length" not in few
+    many = cut_report([f"a.jsonl:{i}" for i in range(1, 8)], 20, 256)
+    assert many.startswith("warning: 7 of 20") and "--max-length" in many and many.count("a.jsonl:") == 5

@@ -196,10 +196,7 @@ def _train(
         )
     truncated = train_tok.truncated + val_tok.truncated
     if truncated:
-        log(
-            f"note: {len(truncated)} answer(s) cut at max_length={cfg.max_length}: {', '.join(truncated[:5])}"
-            f"{' ...' if len(truncated) > 5 else ''}"
-        )
+        log(cut_report(truncated, len(train_samples) + len(val_samples), cfg.max_length))
     if not len(train_tok):
         raise UsageError(
             f"no training sample has an answer token within max_length={cfg.max_length}",
@@ -310,6 +307,17 @@ def _train(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return read_manifest(final)
+
+
+def cut_report(truncated: Sequence[str], total: int, max_length: int) -> str:
+    """The line about answers cut at max_length: a note for a few, a warning when over 10% are cut."""
+    # A few long answers cut is normal; many cut means the model learns half-answers.
+    level = "warning" if len(truncated) * 10 > total else "note"
+    listed = f"{', '.join(truncated[:5])}{' ...' if len(truncated) > 5 else ''}"
+    text = f"{level}: {len(truncated)} of {total} answer(s) cut at max_length={max_length}: {listed}"
+    if level == "warning":
+        text += " (raise --max-length; the system prompt alone takes part of it)"
+    return text
 
 
 def _record_base(adapter_config: Path, model_id: str) -> None:

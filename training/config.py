@@ -35,7 +35,8 @@ class TrainConfig:
     batch_size: int = field(default=2, metadata={"help": "samples per forward pass"})
     grad_accumulation: int = field(default=2, metadata={"help": "forward passes per optimizer step"})
     max_length: int = field(
-        default=256, metadata={"help": "tokens per sample (system + prompt + answer); longer is cut"}
+        default=512,
+        metadata={"help": "tokens per sample (system ~210 + prompt + answer); longer is cut"},
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "trade ~30% speed for memory (worth it on small GPUs, not on CPU)"}
