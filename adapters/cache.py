@@ -56,16 +56,24 @@ def atomic_dir(final: Path, facts: dict[str, object] | None = None, marker: bool
         yield tmp
         if marker:  # off for folders whose readers check their own contents (training checkpoints)
             (tmp / COMPLETE_MARKER).write_text(json.dumps(facts or {}, ensure_ascii=False), encoding="utf-8")
-        if final.exists():
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_in(folder: Path, final: Path) -> None:
+    """Put a finished `folder` at `final` (same filesystem), replacing what was there.
+
+    Two renames: a crash between them leaves the old folder under a hidden name, never a mix.
+    """
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        os.replace(final, old)
+        os.replace(folder, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(folder, final)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data import DATA_DIR
 from data.errors import BadInputFile
+from data.files import read_yaml
 
 IDENTITY_FILE = DATA_DIR / "identity.yaml"
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -62,13 +63,7 @@ def answer_language(text: str) -> str:
 
 def load_identity(path: Path = IDENTITY_FILE) -> Identity:
     """Read identity facts; a missing key is reported with the file name."""
-    import yaml  # lazy: only callers that need identity pay for the import
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise BadInputFile(str(path), None, "expected a mapping of identity facts")
     fields = Identity.__dataclass_fields__

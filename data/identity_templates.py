@@ -7,6 +7,7 @@ from typing import Any
 
 from data import DATA_DIR
 from data.errors import BadInputFile
+from data.files import read_yaml
 
 TEMPLATES_FILE = DATA_DIR / "identity_templates.yaml"
 LANGUAGES = ("zh", "en")
@@ -14,15 +15,7 @@ LANGUAGES = ("zh", "en")
 
 def load_templates(path: Path = TEMPLATES_FILE) -> dict[str, Any]:
     """Read and check the template file (wrappers per language, intents with questions and answers)."""
-    import yaml  # lazy, like data.identity
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if (
         not isinstance(raw, dict)
         or not isinstance(raw.get("intents"), dict)

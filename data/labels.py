@@ -9,7 +9,7 @@ from pathlib import Path
 
 from data import DATA_DIR
 from data.errors import BadInputFile
-from data.jsonl import read_lines
+from data.files import read_lines
 
 ROUTING_DIR = DATA_DIR / "routing"
 HELDOUT_DIR = ROUTING_DIR / "heldout"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.cache import sha256_file
+from adapters.cache import sha256_file, swap_in
 from adapters.registry import read_manifest, scan_adapters, write_manifest
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import UsageError
@@ -360,13 +359,7 @@ def _install(work: Path, final: Path) -> None:
     """Swap the finished folder in (the old adapter and the checkpoints go); a crash leaves the old one."""
     for path in work.iterdir():  # temp-file writers create 0600 files; adapters are shared, readable data
         path.chmod(0o644)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old{os.getpid()}")
-        os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, final)
+    swap_in(work, final)
 
 
 def _manifest(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.errors import BadInputFile, UsageError
+from data.files import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -183,16 +184,8 @@ def build_config(raw: dict[str, Any], where: str) -> TrainConfig:
 
 def load_train_config(path: Path | None = None) -> TrainConfig:
     """Read a recipe YAML (default: training/configs/default.yaml)."""
-    import yaml  # lazy: `--help` must not pay for it
-
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -15,7 +15,7 @@ from typing import Any
 
 from data import DATA_DIR
 from data.errors import BadInputFile
-from data.jsonl import read_json_objects
+from data.files import read_json_objects
 
 PROBE_FILE = DATA_DIR / "identity_probe.jsonl"
 GENERAL = "general"

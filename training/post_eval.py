@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from data.errors import BadInputFile
-from data.jsonl import read_json_objects
+from data.files import read_json_objects
 from training.dataset import TokenizedSplit, iterate_batches
 from training.generation import generate_answers
 from training.identity_probe import GENERAL, ProbeQuestion, RouteResult, run_probe

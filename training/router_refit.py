@@ -22,6 +22,7 @@ from assistant.router_fit import (
     save_router,
 )
 from data.errors import BadInputFile
+from data.files import read_lines
 from data.labels import Example, load_labelled
 
 ROUTE_EXAMPLES = "route-examples.jsonl"
@@ -68,11 +69,7 @@ def routing_files(settings: Settings, adapters_dir: Path, skip: str | None = Non
 def read_route_examples(path: Path, route: str) -> list[str]:
     """Texts for a route: JSON lines with "text" (any "label" is replaced by the route) or plain lines."""
     texts: list[str] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputFile(str(path), None, f"cannot read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

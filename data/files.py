@@ -1,4 +1,4 @@
-"""Reading the project's line-based files: every bad line is reported with its file and line number."""
+"""Reading the project's data files (lines, JSON Lines, YAML): every problem names the file and line."""
 
 from __future__ import annotations
 
@@ -37,3 +37,17 @@ def read_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise BadInputFile(str(path), number, "expected a JSON object")
         yield number, obj
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML document (None when empty); unreadable or invalid YAML names the file and line."""
+    import yaml  # lazy: `--help` and the router never pay for it
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise BadInputFile(str(path), None, f"cannot read: {reason}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise BadInputFile(str(path), mark.line + 1 if mark else None, f"not valid YAML: {exc}") from None

@@ -1,4 +1,4 @@
-"""data.jsonl: line-based reading with the file and line named for every bad line."""
+"""data.files: lines, JSON Lines and YAML read with the file and line named for every problem."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data.errors import BadInputFile
-from data.jsonl import read_json_objects, read_lines
+from data.files import read_json_objects, read_lines, read_yaml
 from training.identity_probe import load_probe
 from training.post_eval import load_questions
 
@@ -49,3 +49,16 @@ def test_probe_and_sample_questions_report_the_bad_line(tmp_path: Path) -> None:
     with pytest.raises(BadInputFile) as caught:
         load_questions(path, 5)
     assert caught.value.line == 2
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("r: 8\nalpha: [16\n", encoding="utf-8")
+    with pytest.raises(BadInputFile) as caught:
+        read_yaml(path)
+    assert "recipe.yaml" in str(caught.value) and caught.value.line is not None and caught.value.line >= 2
+    path.write_bytes(b"r: \xff\n")
+    with pytest.raises(BadInputFile, match="cannot read"):
+        read_yaml(path)
+    path.write_text("", encoding="utf-8")
+    assert read_yaml(path) is None
