@@ -25,6 +25,25 @@ def read_lines(path: Path) -> list[str]:
     return out
 
 
+def read_data_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+    """(line number, stripped text, parsed object) for every line that is not blank or a # comment.
+
+    A line starting with `{` is JSON and comes with its object; any other line comes with None
+    (plain text, for the formats that allow it).
+    """
+    for number, line in enumerate(read_lines(path), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        obj = None
+        if stripped.startswith("{"):
+            try:
+                obj = json.loads(stripped)  # valid JSON starting with `{` is always an object
+            except json.JSONDecodeError as exc:
+                raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
+        yield number, stripped, obj
+
+
 def read_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line of a JSON Lines file of objects."""
     for number, line in enumerate(read_lines(path), start=1):

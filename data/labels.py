@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from data import DATA_DIR
 from data.errors import BadInputFile
-from data.files import read_lines
+from data.files import read_data_lines
 
 ROUTING_DIR = DATA_DIR / "routing"
 HELDOUT_DIR = ROUTING_DIR / "heldout"
@@ -39,16 +38,9 @@ def _label(value: object, path: Path, line: int) -> str:
 def load_labelled_file(path: Path) -> list[Example]:
     """Read one labelled file; JSONL when lines start with `{`, else seed-style `LABEL TEXT`."""
     examples: list[Example] = []
-    for number, line in enumerate(read_lines(path), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith("{"):
-            try:
-                obj = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
+    for number, stripped, obj in read_data_lines(path):
+        if obj is not None:
+            if "text" not in obj or "label" not in obj:
                 raise BadInputFile(str(path), number, 'expected an object with "text" and "label"')
             text, label = str(obj["text"]).strip(), _label(obj["label"], path, number)
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data.errors import BadInputFile
-from data.files import read_json_objects, read_lines, read_yaml
+from data.files import read_data_lines, read_json_objects, read_lines, read_yaml
 from training.identity_probe import load_probe
 from training.post_eval import load_questions
 
@@ -62,3 +62,16 @@ def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_yaml(path)
     path.write_text("", encoding="utf-8")
     assert read_yaml(path) is None
+
+
+def test_data_lines_skip_comments_and_parse_json_lines_only(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text('# comment\n\n1 老人摔倒了\n{"text": "你好", "label": 0}\n', encoding="utf-8")
+    assert list(read_data_lines(path)) == [
+        (3, "1 老人摔倒了", None),
+        (4, '{"text": "你好", "label": 0}', {"text": "你好", "label": 0}),
+    ]
+    path.write_text('1 ok\n{"text": \n', encoding="utf-8")
+    with pytest.raises(BadInputFile) as caught:
+        list(read_data_lines(path))
+    assert caught.value.line == 2 and "invalid JSON" in str(caught.value)

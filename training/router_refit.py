@@ -22,7 +22,7 @@ from assistant.router_fit import (
     save_router,
 )
 from data.errors import BadInputFile
-from data.files import read_lines
+from data.files import read_data_lines
 from data.labels import Example, load_labelled
 
 ROUTE_EXAMPLES = "route-examples.jsonl"
@@ -69,16 +69,9 @@ def routing_files(settings: Settings, adapters_dir: Path, skip: str | None = Non
 def read_route_examples(path: Path, route: str) -> list[str]:
     """Texts for a route: JSON lines with "text" (any "label" is replaced by the route) or plain lines."""
     texts: list[str] = []
-    for number, line in enumerate(read_lines(path), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith("{"):
-            try:
-                obj = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                raise BadInputFile(str(path), number, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+    for number, stripped, obj in read_data_lines(path):
+        if obj is not None:
+            if not isinstance(obj.get("text"), str) or not obj["text"].strip():
                 raise BadInputFile(str(path), number, 'expected {"text": ...}')
             stripped = obj["text"].strip()
         texts.append(stripped)
