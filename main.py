@@ -65,11 +65,9 @@ def build_encoder(settings: Settings) -> Any:
 
 def routing_files(settings: Settings, adapters: list[AdapterInfo]) -> list[Path]:
     """The project's labelled data plus each installed adapter's own route examples."""
-    files = list(settings.routing_data)
-    files += [
-        Path(a.path) / "route-examples.jsonl" for a in adapters if (Path(a.path) / "route-examples.jsonl").is_file()
-    ]
-    return files
+    from adapters.registry import route_example_files
+
+    return list(settings.routing_data) + route_example_files(adapters)
 
 
 def build_router(settings: Settings, adapters: list[AdapterInfo]) -> Any:

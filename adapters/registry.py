@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from assistant.errors import BadInputFile
 MANIFEST = "manifest.json"
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
+ROUTE_EXAMPLES = "route-examples.jsonl"  # an adapter's own labelled texts for the router
 
 #: Keys every manifest must carry, with the JSON type each must have.
 REQUIRED_KEYS: dict[str, type] = {
@@ -157,3 +159,8 @@ def scan_adapters(adapters_dir: Path) -> tuple[list[AdapterInfo], list[str]]:
             )
         )
     return found, problems
+
+
+def route_example_files(adapters: Iterable[AdapterInfo]) -> list[Path]:
+    """Each adapter's route-examples.jsonl, for those that have one (the router fits on them)."""
+    return [Path(a.path) / ROUTE_EXAMPLES for a in adapters if (Path(a.path) / ROUTE_EXAMPLES).is_file()]

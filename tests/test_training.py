@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from adapters.base_model import load_base, warm_up
-from adapters.registry import read_manifest, scan_adapters
+from adapters.registry import ROUTE_EXAMPLES, read_manifest, scan_adapters
 from assistant.config import Settings
 from assistant.errors import UsageError
 from assistant.router import Router
@@ -29,7 +29,7 @@ from training.config import TrainConfig
 from training.dataset import TokenizedSplit, iterate_batches, tokenize
 from training.identity_data import identity_samples
 from training.loss import evaluation, repacked, row_losses, shared_prefix, to_tensors
-from training.router_refit import ROUTE_EXAMPLES, routing_files
+from training.router_refit import routing_files
 from training.sft import Interrupted, SFTLoop
 
 SYSTEM = "你是颐家小助手。"

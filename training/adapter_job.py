@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.cache import sha256_file, swap_in
-from adapters.registry import read_manifest, scan_adapters, write_manifest
+from adapters.registry import ROUTE_EXAMPLES, read_manifest, scan_adapters, write_manifest
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import UsageError
 from data.identity import load_identity
@@ -282,7 +282,7 @@ def _train(
             work / LOSS_PLOT, state.train_losses, state.val_losses, f"{job.name}: QLoRA r={cfg.r}", state.best_step
         )
         if job.route is not None:
-            router_refit.write_route_examples(work / router_refit.ROUTE_EXAMPLES, route_texts, route)
+            router_refit.write_route_examples(work / ROUTE_EXAMPLES, route_texts, route)
         manifest = _manifest(
             job,
             cfg,

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from adapters.registry import read_manifest, scan_adapters
+from adapters.registry import ROUTE_EXAMPLES, read_manifest, scan_adapters
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import UsageError
 from data.sft import write_sft_file
 from training.adapter_job import AdapterJob
 from training.config import build_config
 from training.identity_data import expand_identity, sample_identity
-from training.router_refit import ROUTE_EXAMPLES, read_route_examples
+from training.router_refit import read_route_examples
 
 
 def export_identity(path: Path, count: int | None = None, seed: int = 0) -> int:

@@ -25,7 +25,6 @@ from data.errors import BadInputFile
 from data.files import read_data_lines
 from data.labels import Example, load_labelled
 
-ROUTE_EXAMPLES = "route-examples.jsonl"
 MAX_DROP = 0.02  # accuracy on the existing labelled data may fall by at most 2 points
 
 
@@ -55,15 +54,10 @@ class MemoEncoder:
 
 def routing_files(settings: Settings, adapters_dir: Path, skip: str | None = None) -> list[Path]:
     """The labelled data the app fits its router on: settings.routing_data + each adapter's route examples."""
-    from adapters.registry import scan_adapters
+    from adapters.registry import route_example_files, scan_adapters
 
-    files = list(settings.routing_data)
     found, _ = scan_adapters(adapters_dir)
-    for adapter in found:
-        path = Path(adapter.path) / ROUTE_EXAMPLES
-        if adapter.name != skip and path.is_file():
-            files.append(path)
-    return files
+    return list(settings.routing_data) + route_example_files(a for a in found if a.name != skip)
 
 
 def read_route_examples(path: Path, route: str) -> list[str]:
