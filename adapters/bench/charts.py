@@ -31,6 +31,14 @@ def _bars(ax: Any, labels: list[str], values: list[float], fmt: str) -> None:
     ax.margins(x=0.15)
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
     """decode.png, memory.png and router.png; parts that were skipped are left out."""
     plt = _plt()
@@ -42,10 +50,7 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
     left.set_title(f"decode tokens/s (median of {g['repeats']}, {g['threads']} threads)")
     _bars(right, [v["label"] for v in measured.values()], [v["ttft_s"] for v in measured.values()], "{:.2f}")
     right.set_title(f"time to first token, s ({g['prompt_tokens']}-token prompt)")
-    fig.tight_layout()
-    written.append(out_dir / "decode.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(plt, fig, out_dir / "decode.png"))
 
     a = r["adapters"]
     if "skipped" not in a:
@@ -56,10 +61,7 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
         _bars(ax, labels, values, "{:,.0f}")
         ax.set_xlabel("RSS, MiB")
         ax.set_title("resident memory: adapters on one base vs merged models")
-        fig.tight_layout()
-        written.append(out_dir / "memory.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out_dir / "memory.png"))
 
     rt = r["router"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -85,8 +87,5 @@ def write_charts(r: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.axvline(rt["target_ms"], color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("ms (dashed: 10 ms target)")
     ax.set_title("router latency per query")
-    fig.tight_layout()
-    written.append(out_dir / "router.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(plt, fig, out_dir / "router.png"))
     return written
