@@ -57,9 +57,6 @@ class AboutAssistant:
     def flags(self, vectors: np.ndarray) -> list[bool]:
         return [bool(s >= self.threshold) for s in self.scores(vectors)]
 
-    def is_about(self, encoder: Encoder, text: str) -> bool:
-        return self.flags(encoder.encode([text]))[0]
-
 
 def load_or_fit_detector(
     encoder: Encoder,
