@@ -143,7 +143,7 @@ class TransformersEngine:
         tokenizer: Any,
         info: EngineInfo,
         base_checksum: str,
-        adapters_dir: Path,
+        adapter_dirs: Path | Sequence[Path],
         system_prompt: str | None = None,
         warn: Callable[[str], None] = _warn_stderr,
         *,
@@ -169,7 +169,7 @@ class TransformersEngine:
         # disable_adapter() bit-exact with the plain base (bnb repacks on the first forward).
         self._peft: Any = None
         self._adapters: list[AdapterInfo] = []
-        self._attach_adapters(model, Path(adapters_dir))
+        self._attach_adapters(model, adapter_dirs)
         self._model: Any = self._peft if self._peft is not None else model
         self._device = getattr(model, "device", torch.device("cpu"))
         self._warm_up(model)
@@ -211,6 +211,17 @@ class TransformersEngine:
             stats if stats is not None else StreamStats(),
         )
 
+    @contextmanager
+    def scoped_model(self, adapter: str | None) -> Iterator[Any]:
+        """The shared model with `adapter` active (None: the plain base), held under the engine lock.
+
+        For measurements that need raw forward passes (validation loss) on exactly the model that answers.
+        """
+        if adapter is not None and adapter not in [a.name for a in self._adapters]:
+            raise UsageError(f"unknown adapter {adapter!r}")
+        with self._lock, self._adapter_scope(adapter):
+            yield self._model
+
     # -- loading ---------------------------------------------------------------------------
 
     @staticmethod
@@ -229,10 +240,10 @@ class TransformersEngine:
                     stop.add(int(token))
         return frozenset(stop)
 
-    def _attach_adapters(self, model: Any, adapters_dir: Path) -> None:
+    def _attach_adapters(self, model: Any, adapter_dirs: Path | Sequence[Path]) -> None:
         from peft import PeftModel
 
-        found, problems = scan_adapters(adapters_dir)
+        found, problems = scan_adapters(adapter_dirs)
         for problem in problems:
             self._warn(problem)
         for adapter in found:

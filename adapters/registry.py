@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+import struct
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ MANIFEST = "manifest.json"
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 ROUTE_EXAMPLES = "route-examples.jsonl"  # an adapter's own labelled texts for the router
+#: Adapter and route names: a plain folder name that cannot climb out of its store.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 #: Keys every manifest must carry, with the JSON type each must have.
 REQUIRED_KEYS: dict[str, type] = {
@@ -92,6 +96,32 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.safetensors") if p.is_file())
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is damaged (torn header, size not what its header declares), or None.
+
+    Reads the header only: cheap enough for every listing, and it catches a truncated or padded file.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                return f"{path.name} is truncated (header of {header_len} bytes in a {size}-byte file)"
+            header = json.loads(handle.read(header_len))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name} is unreadable: {exc}"
+    if not isinstance(header, dict):
+        return f"{path.name} has no tensor table"
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"{path.name} is damaged: {size} bytes where its header declares {expected}"
+    return None
+
+
 def _folder_problems(folder: Path) -> list[str]:
     problems = []
     config = folder / CONFIG
@@ -108,24 +138,40 @@ def _folder_problems(folder: Path) -> list[str]:
         pickled = (folder / "adapter_model.bin").exists()
         legacy = " (adapter_model.bin is not accepted: re-save with safetensors)" if pickled else ""
         problems.append(f"missing weights {WEIGHTS}{legacy}")
+    else:
+        damaged = safetensors_problem(folder / WEIGHTS)
+        if damaged:
+            problems.append(f"{damaged}; retrain it or restore the folder")
     return problems
 
 
-def scan_adapters(adapters_dir: Path) -> tuple[list[AdapterInfo], list[str]]:
-    """Valid adapters under `adapters_dir` (sorted by name) and one human-readable problem per skipped folder.
+def _adapter_folders(stores: Sequence[Path]) -> Iterable[Path]:
+    """Candidate adapter folders, store by store; a name in an earlier store hides the same name later."""
+    seen: set[str] = set()
+    for store in stores:
+        if not store.is_dir():
+            continue
+        for folder in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if (folder / MANIFEST).is_file() and folder.name not in seen:
+                seen.add(folder.name)
+                yield folder
 
-    Folders without a manifest.json (source packages, unfinished training runs) are not adapters
-    and are passed over silently; hidden folders (atomic-write temporaries) too.
+
+def scan_adapters(stores: Path | Sequence[Path]) -> tuple[list[AdapterInfo], list[str]]:
+    """Valid adapters in the given store(s), and one human-readable problem per skipped folder.
+
+    Stores are searched in order and an adapter name found in an earlier store hides the same name
+    in a later one (a user's retrained `caregiving` replaces the shipped one). Folders without a
+    manifest.json are not adapters and are passed over silently; hidden folders (atomic-write
+    temporaries) too. A store that does not exist holds no adapters; only when none exists is it a problem.
     """
-    adapters_dir = Path(adapters_dir)
-    if not adapters_dir.is_dir():
-        return [], [f"{adapters_dir}: adapters folder does not exist"]
+    stores = [Path(stores)] if isinstance(stores, (str, Path)) else [Path(s) for s in stores]
+    if not any(s.is_dir() for s in stores):
+        return [], [f"{', '.join(map(str, stores))}: adapters folder does not exist"]
     found: list[AdapterInfo] = []
     problems: list[str] = []
     routes: dict[str, str] = {}
-    for folder in sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (folder / MANIFEST).is_file():
-            continue
+    for folder in _adapter_folders(stores):
         try:
             manifest = read_manifest(folder)
         except BadInputFile as exc:
@@ -159,6 +205,34 @@ def scan_adapters(adapters_dir: Path) -> tuple[list[AdapterInfo], list[str]]:
             )
         )
     return found, problems
+
+
+def install_target(store: Path, name: str) -> Path:
+    """Where an adapter called `name` is installed in `store`, refusing anything that could touch code.
+
+    The name must be a plain folder name, the store must hold no Python code, and an existing folder
+    of that name must itself be an adapter (it has a manifest.json): training replaces adapters, never
+    anything else.
+    """
+    from assistant.errors import UsageError
+
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(
+            f"bad adapter name {name!r}", "use letters, digits, '-' and '_' (start with a letter or digit)"
+        )
+    store = Path(store)
+    if (store / "__init__.py").exists() or any(store.glob("*.py")):
+        raise UsageError(
+            f"{store} holds Python code, not adapters",
+            "install adapters into an adapter store (the default, or --adapters-dir DIR with only adapters in it)",
+        )
+    final = store / name
+    if final.exists() and not (final / MANIFEST).is_file():
+        raise UsageError(
+            f"{final} exists and is not an adapter (no {MANIFEST})",
+            "choose another --name, or move that folder away",
+        )
+    return final
 
 
 def route_example_files(adapters: Iterable[AdapterInfo]) -> list[Path]:

@@ -33,6 +33,15 @@ def data_dir() -> Path:
     return _xdg("XDG_DATA_HOME", ".local/share") / APP_NAME
 
 
+def user_adapters_dir() -> Path:
+    """Where `train adapter` installs new adapters by default (user data, never the repository)."""
+    return data_dir() / "adapters"
+
+
+#: The adapters the product ships: a folder that holds only adapters, never code.
+SHIPPED_ADAPTERS = REPO_ROOT / "data" / "adapters"
+
+
 def config_file() -> Path:
     """The default settings file; missing is fine."""
     return _xdg("XDG_CONFIG_HOME", ".config") / APP_NAME / "config.toml"
@@ -52,8 +61,12 @@ class Settings:
         default=BUNDLED,
         metadata={"help": "sentence encoder: 'bundled' (multilingual-e5-small) or a sentence-transformers id/folder"},
     )
-    adapters_dir: Path = field(
-        default=REPO_ROOT / "adapters", metadata={"help": "folder whose sub-folders with a manifest.json are adapters"}
+    adapter_dirs: tuple[Path, ...] = field(
+        default_factory=lambda: (user_adapters_dir(), SHIPPED_ADAPTERS),
+        metadata={
+            "help": "adapter stores searched in order (a name found earlier wins); "
+            "`train adapter` installs into the first"
+        },
     )
     routing_data: tuple[Path, ...] = field(
         default=(REPO_ROOT / "data" / "routing",),
@@ -80,13 +93,18 @@ class Settings:
         if self.repetition_penalty < 1.0:
             raise UsageError("repetition_penalty must be >= 1.0 (1.0 = off)")
 
+    @property
+    def adapters_dir(self) -> Path:
+        """The store `train adapter` installs into: the first of `adapter_dirs`."""
+        return self.adapter_dirs[0]
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None values replaced."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **given)
 
 
-_PATH_FIELDS = {"adapters_dir"}
+_PATH_FIELDS: set[str] = set()
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -110,6 +128,7 @@ def load_settings(path: Path | None = None) -> Settings:
     values: dict[str, Any] = dict(raw)
     for name in _PATH_FIELDS & set(values):
         values[name] = Path(values[name]).expanduser()
-    if "routing_data" in values:
-        values["routing_data"] = tuple(Path(p).expanduser() for p in values["routing_data"])
+    for name in ("routing_data", "adapter_dirs"):
+        if name in values:
+            values[name] = tuple(Path(p).expanduser() for p in values[name])
     return Settings(**values)

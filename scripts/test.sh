@@ -6,7 +6,7 @@ bash scripts/setup.sh dev
 echo "== ruff" >&2
 .venv/bin/ruff check .
 echo "== mypy" >&2
-.venv/bin/mypy assistant adapters training data main.py
+.venv/bin/mypy assistant adapters training data measurement main.py
 echo "== fast tests" >&2
 .venv/bin/python -m pytest -m "not slow" -q "$@"
 if [ "${SKIP_SLOW:-0}" != 1 ]; then

@@ -102,14 +102,13 @@ def assert_positive(data: dict[str, Any], fields: list[str]) -> None:
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """Tiny base, a dozen routing lines, no installed adapters, and the hashing encoder instead of E5."""
-    import main
 
-    monkeypatch.setattr(main, "build_encoder", lambda settings: HashingEncoder())
+    monkeypatch.setattr("adapters.wiring.build_encoder", lambda settings: HashingEncoder())
     train = tmp_path / "train.txt"
     train.write_text("".join(f"{label} {text}\n" for text, label in TRAIN), encoding="utf-8")
     (tmp_path / "adapters").mkdir()
     config = tmp_path / "config.toml"
-    config.write_text(f'routing_data = ["{train}"]\nadapters_dir = "{tmp_path / "adapters"}"\n', encoding="utf-8")
+    config.write_text(f'routing_data = ["{train}"]\nadapter_dirs = ["{tmp_path / "adapters"}"]\n', encoding="utf-8")
     return {"root": tmp_path, "config": config, "base": build_tiny_qwen2(tmp_path / "base")}
 
 
@@ -165,7 +164,7 @@ def test_quick_bench_on_tiny_model_reports_every_field(
 def test_full_bench_on_tiny_gguf_includes_peer_training_and_profile(
     setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from adapters.bench.peer import llama_cpp_version
+    from measurement.bench.peer import llama_cpp_version
 
     gguf = build_tiny_gguf(setup["root"] / "tiny.gguf")
     out = setup["root"] / "full"

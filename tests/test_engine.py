@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.base_model import INFERENCE_ONLY_ATTR
@@ -214,7 +215,12 @@ def test_foreign_and_broken_adapters_are_skipped_with_warnings(tiny: dict[str, P
     build_tiny_lora(tiny["base"], foreign, "foreign", "route-f", 3)
     write_manifest(foreign, **{**read_manifest(foreign), "base_checksum": "f" * 64, "base_model": "other-base"})
     build_tiny_lora(tiny["base"], adapters / "broken", "broken", "route-x", 4)
-    (adapters / "broken" / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    # A well-formed file whose tensors have the wrong shapes: the registry passes it, the load fails.
+    weights = adapters / "broken" / "adapter_model.safetensors"
+    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in load_file(weights).items()}, weights)
+    build_tiny_lora(tiny["base"], adapters / "torn", "torn", "route-t", 6)
+    torn = adapters / "torn" / "adapter_model.safetensors"
+    torn.write_bytes(torn.read_bytes()[:-10])  # truncated: the registry refuses it before any load
     build_tiny_lora(tiny["base"], adapters / "good", "good", "route-g", 5)
     (adapters / "unreadable").mkdir()
     (adapters / "unreadable" / "manifest.json").write_text("{nope", encoding="utf-8")
@@ -223,7 +229,8 @@ def test_foreign_and_broken_adapters_are_skipped_with_warnings(tiny: dict[str, P
 
     assert [a.name for a in engine.adapters()] == ["good"]
     assert list(engine._model.peft_config) == ["good"]  # nothing of the failed load lingers
-    assert len(warnings) == 3
+    assert len(warnings) == 4
+    assert any(("'torn'" in w and "truncated" in w) or ("'torn'" in w and "damaged" in w) for w in warnings)
     assert any("unreadable" in w and "not valid JSON" in w for w in warnings)  # registry problems pass through
     foreign_warning = next(w for w in warnings if "'foreign'" in w)
     assert "other-base" in foreign_warning and "tiny-qwen2" in foreign_warning

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adapters.chat_format import IGNORE_INDEX
-from adapters.eval_adapter import assistant_token_loss
+from measurement.eval_adapter import assistant_token_loss
 from tests.tiny_models import build_tiny_lora, build_tiny_qwen2
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from assistant.eval_routing import evaluate_routing, percentile
 from assistant.router import GENERAL, Candidate, RouteChoice
 from data.labels import Example
+from measurement.eval_routing import evaluate_routing, percentile
 from tests.fakes import HashingEncoder
 
 
@@ -98,13 +98,12 @@ TRAIN = [
 @pytest.fixture
 def fake_encoder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A hashing encoder and a settings file that fits the router on a dozen lines (seconds, not minutes)."""
-    import main
 
-    monkeypatch.setattr(main, "build_encoder", lambda settings: HashingEncoder())
+    monkeypatch.setattr("adapters.wiring.build_encoder", lambda settings: HashingEncoder())
     train = tmp_path / "train.txt"
     train.write_text("".join(f"{label} {text}\n" for text, label in TRAIN), encoding="utf-8")
     config = tmp_path / "config.toml"
-    config.write_text(f'routing_data = ["{train}"]\nadapters_dir = "{tmp_path / "none"}"\n', encoding="utf-8")
+    config.write_text(f'routing_data = ["{train}"]\nadapter_dirs = ["{tmp_path / "none"}"]\n', encoding="utf-8")
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,15 @@ from tests.conftest import REPO
 CHECKSUM = "ab" * 32
 
 
-def make_adapter(root: Path, name: str, route: str = "", weights: bytes = b"\0" * 100, **manifest: object) -> Path:
+def safetensors_bytes(payload: int) -> bytes:
+    """A well-formed safetensors file holding one uint8 tensor of `payload` bytes."""
+    header = json.dumps({"w": {"dtype": "U8", "shape": [payload], "data_offsets": [0, payload]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"x" * payload
+
+
+def make_adapter(
+    root: Path, name: str, route: str = "", weights: bytes = safetensors_bytes(100), **manifest: object
+) -> Path:
     """A folder that looks like a PEFT adapter (the registry never opens the weights)."""
     folder = root / name
     folder.mkdir(parents=True)
@@ -29,7 +38,7 @@ def make_adapter(root: Path, name: str, route: str = "", weights: bytes = b"\0" 
 
 
 def test_good_adapters_are_listed_sorted_with_their_facts(tmp_path: Path) -> None:
-    make_adapter(tmp_path, "zeta", route="coding", weights=b"x" * 300, metrics={"eval_loss": 1.25})
+    make_adapter(tmp_path, "zeta", route="coding", weights=safetensors_bytes(300), metrics={"eval_loss": 1.25})
     make_adapter(tmp_path, "alpha", route="caregiving")
     (tmp_path / "__pycache__").mkdir()  # not an adapter: no manifest, no complaint
     (tmp_path / "half-trained" / "checkpoints").mkdir(parents=True)
@@ -43,17 +52,17 @@ def test_good_adapters_are_listed_sorted_with_their_facts(tmp_path: Path) -> Non
     assert zeta.route == "coding"
     assert zeta.path == str(tmp_path / "zeta")
     assert zeta.base_model == "tiny"
-    assert zeta.size_bytes == 300
+    assert zeta.size_bytes == len(safetensors_bytes(300))
     assert zeta.metrics == {"eval_loss": 1.25}
     assert zeta.created  # filled in by write_manifest
 
 
 def test_size_counts_every_weight_file_but_not_the_rest(tmp_path: Path) -> None:
-    folder = make_adapter(tmp_path, "a", weights=b"x" * 10)
+    folder = make_adapter(tmp_path, "a", weights=safetensors_bytes(10))
     (folder / "extra.safetensors").write_bytes(b"y" * 5)
     (folder / "README.md").write_text("z" * 1000, encoding="utf-8")
     (found,), _ = scan_adapters(tmp_path)
-    assert found.size_bytes == 15
+    assert found.size_bytes == len(safetensors_bytes(10)) + 5
 
 
 def test_bad_json_names_the_file_and_line_and_the_rest_still_load(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from adapters.base_model import load_base, warm_up
 from adapters.registry import ROUTE_EXAMPLES, read_manifest, scan_adapters
+from adapters.wiring import routing_files
 from assistant.config import Settings
 from assistant.errors import UsageError
 from assistant.router import Router
@@ -29,7 +30,6 @@ from training.config import TrainConfig
 from training.dataset import TokenizedSplit, iterate_batches, tokenize
 from training.identity_data import identity_samples
 from training.loss import evaluation, repacked, row_losses, shared_prefix, to_tensors
-from training.router_refit import routing_files
 from training.sft import Interrupted, SFTLoop
 
 SYSTEM = "你是颐家小助手。"
@@ -61,7 +61,7 @@ def settings(tmp_path: Path, tiny_base: Path) -> Settings:
     lines += [{"text": f"糖尿病老人{i}的照护要点", "label": "caregiving"} for i in range(12)]
     (routing / "seed.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
     (tmp_path / "adapters").mkdir()
-    return Settings(base=str(tiny_base), adapters_dir=tmp_path / "adapters", routing_data=(routing,))
+    return Settings(base=str(tiny_base), adapter_dirs=(tmp_path / "adapters",), routing_data=(routing,))
 
 
 @pytest.fixture
@@ -215,7 +215,7 @@ def test_train_adapter_on_20_lines_gives_a_listed_routed_adapter(
     [info] = scan_adapters(settings.adapters_dir)[0]
     assert (info.name, info.route) == ("pets", "pets")
     # ... and routed: the app's router, fitted on the same files, is already cached and sends the examples there.
-    examples = load_labelled(routing_files(settings, settings.adapters_dir))
+    examples = load_labelled(routing_files(settings))
     assert sum(e.label == "pets" for e in examples) == 20
     fitted = load_or_fit_router(HashingEncoder(), examples, lambda m: None)
     assert fitted.from_cache
@@ -295,12 +295,12 @@ def test_train_router_prints_cv_accuracy_and_caches_the_router(
 ) -> None:
     from training import commands
 
-    monkeypatch.setattr("training.router_refit.build_encoder", lambda s: HashingEncoder())
+    monkeypatch.setattr("adapters.wiring.build_encoder", lambda s: HashingEncoder())
     args = type("Args", (), {"train_command": "router", "data": None})()
     assert commands.run(args, settings) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "confusion" in out
-    examples = load_labelled(routing_files(settings, settings.adapters_dir))
+    examples = load_labelled(routing_files(settings))
     assert load_or_fit_router(HashingEncoder(), examples, lambda m: None).from_cache
 
 
@@ -309,7 +309,7 @@ def test_eval_identity_reports_every_route(
 ) -> None:
     import argparse
 
-    from training.identity_probe import PROBE_FILE, register_identity_eval, run_identity_eval
+    from measurement.eval_identity import PROBE_FILE, register_identity_eval, run_identity_eval
 
     build_tiny_lora(Path(settings.base), settings.adapters_dir / "care", "care", "caregiving")
     parser = argparse.ArgumentParser()
@@ -317,7 +317,7 @@ def test_eval_identity_reports_every_route(
     assert parser.parse_args(["identity"]).probe == PROBE_FILE
     probe = tmp_path / "probe.jsonl"
     probe.write_text('{"question": "你是谁呀？", "lang": "zh"}\n{"question": "Who are you?", "lang": "en"}\n', "utf-8")
-    monkeypatch.setattr("training.router_refit.build_encoder", lambda s: HashingEncoder())
+    monkeypatch.setattr("adapters.wiring.build_encoder", lambda s: HashingEncoder())
     common = ["identity", "--probe", str(probe), "--max-new-tokens", "2"]
     code = run_identity_eval(parser.parse_args([*common, "--models-only", "--json"]), settings)
     report = json.loads(capsys.readouterr().out)

@@ -10,7 +10,7 @@ from adapters.registry import read_manifest, scan_adapters
 from assistant.config import REPO_ROOT, Settings
 from training.identity_probe import judge, load_probe
 
-SHIPPED = REPO_ROOT / "adapters" / "caregiving"
+SHIPPED = REPO_ROOT / "data" / "adapters" / "caregiving"
 pytestmark = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped caregiving adapter")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -14,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters import wiring
 from adapters.cache import sha256_file, swap_in
-from adapters.registry import ROUTE_EXAMPLES, read_manifest, scan_adapters, write_manifest
+from adapters.registry import NAME_PATTERN, ROUTE_EXAMPLES, install_target, read_manifest, scan_adapters, write_manifest
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import UsageError
 from data.identity import load_identity
@@ -26,7 +26,6 @@ from training.config import TrainConfig
 from training.identity_data import identity_samples
 from training.identity_probe import format_results, load_probe, summary
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_ROUTES = ("general", "base", "auto")
 LOSS_PLOT = "loss.png"
 SAMPLES = "samples.md"
@@ -92,12 +91,12 @@ def _fingerprint(config: TrainConfig, data_sum: str, identity_sum: str, base_sum
 
 def _preflight(job: AdapterJob, settings: Settings) -> tuple[list[SFTSample], list[SFTSample], str, list[str]]:
     """Everything that can fail cheaply, before a model is loaded: names, data, route ownership, examples."""
-    check_name(job.name, "adapter name")
+    install_target(settings.adapters_dir, job.name)  # a name or store that could touch code stops here
     route = check_name(job.route or job.name, "route")
     if route in RESERVED_ROUTES:
         raise UsageError(f"route {route!r} is reserved", "the general route is the plain base; pick another name")
     domain = load_sft_file(job.data_file)  # BadInputFile names file and line; nothing is trained
-    for adapter in scan_adapters(settings.adapters_dir)[0]:
+    for adapter in scan_adapters(settings.adapter_dirs)[0]:
         if adapter.route == route and adapter.name != job.name:
             raise UsageError(
                 f"route {route!r} is already served by adapter {adapter.name!r}",
@@ -119,7 +118,7 @@ def run_adapter_job(
     job: AdapterJob,
     settings: Settings,
     log: Callable[[str], None],
-    encoder_factory: Callable[[Settings], Any] = router_refit.build_encoder,
+    encoder_factory: Callable[[Settings], Any] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and install adapters/NAME; returns the manifest written."""
     started = time.perf_counter()
@@ -129,8 +128,8 @@ def run_adapter_job(
     )
     encoder, check = None, None
     if job.route is not None:
-        encoder = router_refit.MemoEncoder(encoder_factory(settings))
-        existing = load_labelled(router_refit.routing_files(settings, settings.adapters_dir, skip=job.name))
+        encoder = router_refit.MemoEncoder((encoder_factory or wiring.build_encoder)(settings))
+        existing = load_labelled(wiring.routing_files(settings, skip=job.name))
         check = router_refit.check_route(encoder, existing, route, route_texts, log)
         log(check.format())
         if check.drop > router_refit.MAX_DROP:
@@ -144,7 +143,7 @@ def run_adapter_job(
 
     trained = _train(job, settings, domain, identity, route, route_texts, check, log)
     if job.route is not None:
-        files = router_refit.routing_files(settings, settings.adapters_dir)
+        files = wiring.routing_files(settings)
         result, folder = router_refit.refit_and_store(encoder, files, log)
         log(
             f"router refitted with route {route!r}: cross-validated accuracy {result.cv_report.accuracy:.1%} "
@@ -171,7 +170,7 @@ def _train(
     from training.dataset import split_samples, tokenize
 
     cfg = job.config
-    final = Path(settings.adapters_dir) / job.name
+    final = install_target(settings.adapters_dir, job.name)
     system = resolve_system_prompt(cfg.system_prompt)
     probe_questions = load_probe() if cfg.probe else []
     sample_questions = []
@@ -233,7 +232,8 @@ def _train(
         f" s/step), {outcome.stopped}; best validation loss {state.best_val:.4f} at step {state.best_step}"
     )
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{job.name}.tmp", dir=settings.adapters_dir))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{job.name}.tmp", dir=final.parent))
     work = staging / job.name  # the folder must carry the adapter's name for write_manifest
     try:
         work.mkdir()

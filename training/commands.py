@@ -174,10 +174,11 @@ def run_train_identity(args: Any, settings: Settings) -> int:
 
 
 def run_train_router(args: Any, settings: Settings) -> int:
+    from adapters.wiring import build_encoder, routing_files
     from data.labels import load_labelled
-    from training.router_refit import build_encoder, refit_and_store, routing_files
+    from training.router_refit import refit_and_store
 
-    files = args.data or routing_files(settings, settings.adapters_dir)
+    files = args.data or routing_files(settings)
     examples = load_labelled(files)
     if len({e.label for e in examples}) < 2:
         raise UsageError("the router needs examples of at least two routes", "add labelled files with --data")

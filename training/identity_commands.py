@@ -35,12 +35,12 @@ def identity_jobs(
     args: Any, settings: Settings, overrides: dict[str, Any], log: Callable[[str], None]
 ) -> Iterator[AdapterJob]:
     """One retraining job per target adapter, rebuilt from what its manifest recorded."""
-    installed = {a.name: a for a in scan_adapters(settings.adapters_dir)[0]}
+    installed = {a.name: a for a in scan_adapters(settings.adapter_dirs)[0]}
     if args.into == "all":
         names = [n for n in sorted(installed) if "data" in read_manifest(Path(installed[n].path))]
         if not names:
             raise UsageError(
-                f"no adapter in {settings.adapters_dir} was trained by `train adapter`",
+                f"no adapter in {', '.join(map(str, settings.adapter_dirs))} was trained by `train adapter`",
                 "train one first (python main.py train adapter ...), or --export the identity pairs",
             )
     elif args.into not in installed:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from assistant.config import Settings
 from assistant.metrics import ClassificationReport, classification_report
 from assistant.router import decide
 from assistant.router_fit import (
@@ -28,13 +27,6 @@ from data.labels import Example, load_labelled
 MAX_DROP = 0.02  # accuracy on the existing labelled data may fall by at most 2 points
 
 
-def build_encoder(settings: Settings) -> Any:
-    """The sentence encoder the app routes with (the one shared choice)."""
-    from adapters.encoder_choice import build_encoder as choose
-
-    return choose(settings)
-
-
 class MemoEncoder:
     """Remembers vectors by text: the guard before training and the refit after it encode the same texts."""
 
@@ -50,14 +42,6 @@ class MemoEncoder:
         if not texts:
             return self._encoder.encode([])
         return np.stack([self._memo[t] for t in texts])
-
-
-def routing_files(settings: Settings, adapters_dir: Path, skip: str | None = None) -> list[Path]:
-    """The labelled data the app fits its router on: settings.routing_data + each adapter's route examples."""
-    from adapters.registry import route_example_files, scan_adapters
-
-    found, _ = scan_adapters(adapters_dir)
-    return list(settings.routing_data) + route_example_files(a for a in found if a.name != skip)
 
 
 def read_route_examples(path: Path, route: str) -> list[str]:

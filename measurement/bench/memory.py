@@ -1,6 +1,6 @@
 """Resident memory (RSS) of the NF4 base with k adapters, and of one bf16 model, each in a clean process.
 
-Run as a subprocess part (`python -m adapters.bench.memory`). Each configuration is built the way
+Run as a subprocess part (`python -m measurement.bench.memory`). Each configuration is built the way
 the engine builds it (load, attach every adapter, then the first forward) and measured in its
 serving state: attaching adapters *after* the first forward costs far more (bitsandbytes' CPU
 repack is redone for the wrapped layers: +~280 MiB on the 0.5B base, measured), so the order matters.
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.bench.machine import rss_mib
-from adapters.bench.stats import median, p95
-from adapters.bench.worker import worker_main
 from assistant.config import Settings
+from measurement.bench.machine import rss_mib
+from measurement.bench.stats import median, p95
+from measurement.bench.worker import worker_main
 
 
 def _baseline_rss() -> float:
@@ -52,7 +52,7 @@ def _installed(settings: Settings, checksum: str) -> list[tuple[str, Path]]:
     """Installed adapters trained on this very base (others would not attach)."""
     from adapters.registry import read_manifest, scan_adapters
 
-    found, _ = scan_adapters(settings.adapters_dir)
+    found, _ = scan_adapters(settings.adapter_dirs)
     return [(a.name, Path(a.path)) for a in found if read_manifest(Path(a.path)).get("base_checksum") == checksum]
 
 
@@ -62,7 +62,7 @@ def measure_adapters(settings: Settings, options: dict[str, Any], log: Callable[
     from peft import PeftModel
 
     from adapters.base_model import load_base
-    from adapters.bench.random_lora import adapter_bytes, write_random_lora
+    from measurement.bench.random_lora import adapter_bytes, write_random_lora
 
     wanted = int(options.get("adapters", 0))
     rss_imports = _baseline_rss()

@@ -1,4 +1,4 @@
-"""The `bench` command: grammar here (torch-free, for `--help`), the measuring in adapters/bench/."""
+"""The `bench` command: grammar here (torch-free, for `--help`), the measuring in measurement/bench/."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
 
 def options_from(args: Any) -> Any:
     """The preset for --quick or full, with any explicitly given knob replaced."""
-    from adapters.bench.runner import BenchOptions
+    from measurement.bench.runner import BenchOptions
 
     options = BenchOptions.quick_preset() if args.quick else BenchOptions.full()
     overrides = {
@@ -78,8 +78,8 @@ def _log(message: str) -> None:
 
 def run(args: Any, settings: Settings) -> int:
     """Run the benchmark, write the files, print JSON or Markdown."""
-    from adapters.bench.report import markdown, write_outputs
-    from adapters.bench.runner import run_bench
+    from measurement.bench.report import markdown, write_outputs
+    from measurement.bench.runner import run_bench
 
     options = options_from(args)
     _STARTED[0] = time.perf_counter()

@@ -1,6 +1,6 @@
 """QLoRA training cost on the base: seconds per step and peak RSS, in a fresh process on a fresh model.
 
-Run as `python -m adapters.bench.training_cost`: bitsandbytes' CPU repack makes a model that has
+Run as `python -m measurement.bench.training_cost`: bitsandbytes' CPU repack makes a model that has
 served inference untrainable (docs/MODELS.md), so this never shares a process with generation.
 """
 
@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from adapters.bench.machine import peak_rss_mib, rss_mib
-from adapters.bench.stats import median
-from adapters.bench.worker import worker_main
 from assistant.config import Settings
+from measurement.bench.machine import peak_rss_mib, rss_mib
+from measurement.bench.stats import median
+from measurement.bench.worker import worker_main
 
 TEXT = (
     "老人居家照护要注意饮食清淡、按时服药、预防跌倒和压疮，家属应多陪伴、多沟通。"

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.bench.generation_part import generation_part
-from adapters.bench.machine import describe_machine, load_average
-from adapters.bench.stats import ratio
 from assistant.config import BUNDLED, Settings
+from measurement.bench.generation_part import generation_part
+from measurement.bench.machine import describe_machine, load_average
+from measurement.bench.stats import ratio
 
 SCHEMA = 1
 
@@ -71,16 +71,16 @@ def _fast_encoder(settings: Settings, current: Any, log: Callable[[str], None]) 
 
         path = bundled_encoder_path()
         return FastE5Encoder(path, name=f"fast:{path.name}")
-    except Exception as exc:  # noqa: BLE001 - another engineer's module in flux: a comparison, never a failure
+    except Exception as exc:  # noqa: BLE001 - a side comparison must never fail the run
         log(f"[bench] FastE5Encoder comparison skipped: {type(exc).__name__}: {exc}")
         return None
 
 
 def _router_part(settings: Settings, options: BenchOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    from adapters.bench.router_bench import bench_router
-    from main import build_router, installed_adapters
+    from adapters.wiring import build_router
+    from measurement.bench.router_bench import bench_router
 
-    router = build_router(settings, installed_adapters(settings))
+    router = build_router(settings)
     alternative = _fast_encoder(settings, router.encoder, log)
     result = bench_router(
         router, options.router_queries, options.batch_size, repeats=3 if options.quick else 5, alternative=alternative
@@ -96,18 +96,18 @@ def _memory_part(
     settings: Settings, options: BenchOptions, log: Callable[[str], None], notes: list[str]
 ) -> dict[str, Any]:
     """NF4 base with 0, 1 and N adapters, and one bf16 model: each in its own fresh process."""
-    from adapters.bench.worker import run_part
+    from measurement.bench.worker import run_part
 
     counts = sorted({0, options.adapters} | (set() if options.quick else {1}))
     rows = []
     for count in counts:
         log(f"[bench] memory: NF4 base + {count} adapter(s) (subprocess)...")
-        row = run_part("adapters.bench.memory", settings, {"what": "adapters", "adapters": count}, log)
+        row = run_part("measurement.bench.memory", settings, {"what": "adapters", "adapters": count}, log)
         if "skipped" in row:
             return {"skipped": row["skipped"]}
         rows.append(row)
     log("[bench] memory: one bf16 model (subprocess)...")
-    bf16 = run_part("adapters.bench.memory", settings, {"what": "bf16"}, log)
+    bf16 = run_part("measurement.bench.memory", settings, {"what": "bf16"}, log)
     if "skipped" in bf16:
         return {"skipped": bf16["skipped"]}
     base, most = rows[0], rows[-1]
@@ -145,11 +145,11 @@ def _memory_part(
 
 
 def _training_part(settings: Settings, options: BenchOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    from adapters.bench.worker import run_part
+    from measurement.bench.worker import run_part
 
     log(f"[bench] training: QLoRA {options.train_steps} steps at {options.train_seq_len} tokens (subprocess)...")
     return run_part(
-        "adapters.bench.training_cost",
+        "measurement.bench.training_cost",
         settings,
         {"steps": options.train_steps, "seq_len": options.train_seq_len, "batch": 2, "warmup": 1},
         log,

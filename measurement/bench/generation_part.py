@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.bench.generation import (
+from assistant.config import BUNDLED, Settings
+from measurement.bench.generation import (
     Variant,
     common_prefix_share,
     engine_run,
@@ -17,8 +18,7 @@ from adapters.bench.generation import (
     paired_ratios,
     thread_sweep,
 )
-from adapters.bench.stats import median, ratio
-from assistant.config import BUNDLED, Settings
+from measurement.bench.stats import median, ratio
 
 DECODE_GOAL = 0.7  # our decode speed as a share of llama.cpp's on the same file and threads
 
@@ -37,12 +37,12 @@ def peer_gguf(settings: Settings) -> tuple[Path | None, str]:
 
 def lora_dir(settings: Settings, loaded: Any, root: Path) -> tuple[Path, str]:
     """A folder holding one adapter for the LoRA runs: an installed one for this base, else a random one."""
-    from adapters.bench.random_lora import write_random_lora
     from adapters.registry import read_manifest, scan_adapters
+    from measurement.bench.random_lora import write_random_lora
 
     folder = root / "lora"
     folder.mkdir()
-    found, _ = scan_adapters(settings.adapters_dir)
+    found, _ = scan_adapters(settings.adapter_dirs)
     for adapter in found:
         if read_manifest(Path(adapter.path)).get("base_checksum") == loaded.checksum:
             os.symlink(adapter.path, folder / adapter.name)
@@ -54,7 +54,7 @@ def lora_dir(settings: Settings, loaded: Any, root: Path) -> tuple[Path, str]:
 
 
 def _peer_variant(settings: Settings, ids: list[int], threads: int) -> Variant | dict[str, str]:
-    from adapters.bench.peer import INSTALL_HINT, LlamaCppPeer, llama_cpp_version
+    from measurement.bench.peer import INSTALL_HINT, LlamaCppPeer, llama_cpp_version
 
     gguf, why = peer_gguf(settings)
     version = llama_cpp_version()
@@ -72,8 +72,8 @@ def _peer_variant(settings: Settings, ids: list[int], threads: int) -> Variant |
 
 def _prototypes(settings: Settings, empty: Path, prompt: Any, log: Callable[[str], None]) -> list[Variant]:
     """Speed fixes measured next to the product path (not yet the product: see each module's docstring)."""
-    from adapters.bench.int4_torch import convert_to_int4
     from adapters.int8_head import use_int8_output_layer
+    from measurement.bench.int4_torch import convert_to_int4
 
     log("[bench] loading prototype: NF4 + int8 output layer...")
     _, head_engine, _, head_facts = load_engine(settings, "4bit", empty, log, prepare=use_int8_output_layer)
@@ -96,7 +96,7 @@ def _ttft_by_length(
 ) -> dict[str, float]:
     """NF4 time to first token by prompt length: the engine prefills the whole conversation on every turn
     (no KV cache kept between turns), so this is what a long conversation pays per answer."""
-    from adapters.bench.prompt import exact_prompt
+    from measurement.bench.prompt import exact_prompt
 
     context = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 2048)
     lengths = tuple(n for n in lengths if n <= context - 16)  # the engine would cut longer prompts
@@ -142,8 +142,8 @@ def generation_part(
     """Every variant in interleaved rounds; the full run adds the base route, prototypes, a thread sweep."""
     import torch
 
-    from adapters.bench.profile_decode import profile_decode
-    from adapters.bench.prompt import exact_prompt
+    from measurement.bench.profile_decode import profile_decode
+    from measurement.bench.prompt import exact_prompt
 
     empty = root / "no-adapters"
     empty.mkdir()

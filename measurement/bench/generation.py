@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.bench.prompt import BenchPrompt
-from adapters.bench.stats import median, spread
 from assistant.config import Settings
 from assistant.engine import GenerationParams, StreamStats
+from measurement.bench.prompt import BenchPrompt
+from measurement.bench.stats import median, spread
 
 
 @dataclass(frozen=True)
@@ -114,24 +114,16 @@ def load_engine(
     log: Callable[[str], None],
     prepare: Callable[[Any], dict[str, Any]] | None = None,
 ) -> tuple[Any, Any, float, dict[str, Any]]:
-    """(LoadedBase, TransformersEngine, load seconds, prepare's facts): main.build_engine's wiring plus the model.
+    """(LoadedBase, engine, load seconds, tuning facts) for one bench variant, built by the product's wiring.
 
-    The bench needs the raw model (for the profile and the random adapters' shapes), which
-    build_engine hides, so the same two steps are repeated here. `prepare` may rewrite the
-    model before the engine warms it up (the speed prototypes).
+    `adapters_dir` is the only adapter store the variant sees; `prepare` may rewrite the model
+    before the engine warms it up (the speed prototypes).
     """
-    from adapters.base_model import load_base
-    from adapters.hf_engine import TransformersEngine
-    from adapters.inference_tuning import tune_for_inference
+    from adapters.wiring import build_engine_parts
 
-    started = time.perf_counter()
-    settings = settings.with_overrides(quantization=quantization)
-    loaded = load_base(settings, progress=False)
-    prepared = prepare(loaded.model) if prepare else tune_for_inference(loaded.model, loaded.info, settings)
-    engine = TransformersEngine(
-        loaded.model, loaded.tokenizer, loaded.info, loaded.checksum, adapters_dir, warn=lambda m: log(f"warning: {m}")
-    )
-    return loaded, engine, time.perf_counter() - started, prepared
+    variant = settings.with_overrides(quantization=quantization, adapter_dirs=(adapters_dir,))
+    built = build_engine_parts(variant, log, prepare=prepare, show_progress=False)
+    return built.loaded, built.engine, built.load_seconds, built.tuning
 
 
 def thread_sweep(

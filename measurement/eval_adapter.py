@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from adapters.offline import force_offline
@@ -16,7 +14,7 @@ force_offline()  # before torch/peft pull in bitsandbytes, whose import-time ker
 
 import torch  # noqa: E402
 
-from adapters.chat_format import IGNORE_INDEX, build_supervised_example, render_prompt_ids  # noqa: E402
+from adapters.chat_format import IGNORE_INDEX, build_supervised_example  # noqa: E402
 from assistant.config import Settings  # noqa: E402
 from assistant.errors import UsageError  # noqa: E402
 
@@ -57,33 +55,19 @@ def assistant_token_loss(model: Any, examples: Sequence[dict[str, list[int]]]) -
     return LossResult(total / count, count, tuple(per_example))
 
 
-def greedy_answer(
-    model: Any, tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None, max_new_tokens: int
+def engine_answer(
+    engine: Any, messages: Sequence[dict[str, str]], system: str | None, adapter: str | None, max_new_tokens: int
 ) -> str:
-    """The greedy answer to a conversation (the model's own generation config, e.g. its repetition penalty)."""
-    ids = torch.tensor([render_prompt_ids(tokenizer, messages, system)])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+    """The greedy answer as the product gives it: the engine's own decode loop and serving tuning."""
+    from assistant.engine import GenerationParams, Message
 
-
-@contextmanager
-def _base_only(peft_model: Any) -> Iterator[None]:
-    with peft_model.disable_adapter():
-        yield
+    turns = ([Message("system", system)] if system else []) + [Message(m["role"], m["content"]) for m in messages]  # type: ignore[arg-type]
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    return "".join(engine.stream(turns, adapter, params)).strip()
 
 
 def _find_adapter(settings: Settings, name: str) -> Any:
-    from main import installed_adapters
+    from adapters.wiring import installed_adapters
 
     adapters = installed_adapters(settings)
     for adapter in adapters:
@@ -91,12 +75,13 @@ def _find_adapter(settings: Settings, name: str) -> Any:
             return adapter
     raise UsageError(
         f"unknown adapter {name!r}",
-        f"installed in {settings.adapters_dir}: {', '.join(a.name for a in adapters) or 'none'}",
+        f"installed in {', '.join(map(str, settings.adapter_dirs))}: {', '.join(a.name for a in adapters) or 'none'}",
     )
 
 
 def evaluate_adapter(
-    peft_model: Any,
+    engine: Any,
+    adapter: str,
     tokenizer: Any,
     samples: Sequence[Any],
     system: str | None,
@@ -105,13 +90,14 @@ def evaluate_adapter(
     max_new_tokens: int,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Loss/perplexity through the adapter and through the plain base (disable_adapter), plus sample answers."""
+    """Loss/perplexity through the adapter and through the plain base, plus sample answers, all on the engine."""
     examples = [build_supervised_example(tokenizer, s.as_messages(), system, max_length) for s in samples]
     log(f"scoring {len(examples)} held-out examples with the adapter...")
-    with_adapter = assistant_token_loss(peft_model, examples)
+    with engine.scoped_model(adapter) as model:
+        with_adapter = assistant_token_loss(model, examples)
     log("scoring them with the base...")
-    with _base_only(peft_model):
-        base = assistant_token_loss(peft_model, examples)
+    with engine.scoped_model(None) as model:
+        base = assistant_token_loss(model, examples)
     better = sum(a < b for a, b in zip(with_adapter.per_example, base.per_example, strict=True))
     answers = []
     for i, sample in enumerate(samples[:n_answers], start=1):
@@ -119,9 +105,8 @@ def evaluate_adapter(
         last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
         prompt = messages[:last]
         log(f"answering sample {i}/{min(n_answers, len(samples))}...")
-        answer = greedy_answer(peft_model, tokenizer, prompt, system, max_new_tokens)
-        with _base_only(peft_model):
-            plain = greedy_answer(peft_model, tokenizer, prompt, system, max_new_tokens)
+        answer = engine_answer(engine, prompt, system, adapter, max_new_tokens)
+        plain = engine_answer(engine, prompt, system, None, max_new_tokens)
         answers.append(
             {
                 "source": sample.source,
@@ -168,12 +153,8 @@ def format_result(result: dict[str, Any]) -> str:
 
 def run_adapter_eval(args: Any, settings: Settings, log: Callable[[str], None]) -> int:
     """`eval adapter NAME --data FILE [--samples N]`."""
-    from peft import PeftModel
-
-    from adapters.base_model import load_base
-    from adapters.registry import read_manifest
+    from adapters.wiring import build_engine_parts, system_prompt
     from data.sft import load_sft_file
-    from main import system_prompt
 
     if args.samples < 0 or args.max_length < 8 or args.limit < 0:
         raise UsageError("--samples and --limit must be >= 0, --max-length >= 8")
@@ -183,19 +164,16 @@ def run_adapter_eval(args: Any, settings: Settings, log: Callable[[str], None]) 
         log(f"scoring the first {args.limit} of {len(samples)} examples (--limit)")
         samples = samples[: args.limit]
     system = args.system or system_prompt(settings)
-    loaded = load_base(settings)
-    trained_on = read_manifest(Path(adapter.path)).get("base_checksum", "")
-    if trained_on != loaded.checksum:
+    built = build_engine_parts(settings, log)  # the product's engine: the same tuning and decode loop as `ask`
+    loaded, engine = built.loaded, built.engine
+    if adapter.name not in [a.name for a in engine.adapters()]:
         raise UsageError(
-            f"adapter {args.name!r} was trained on another base ({adapter.base_model})",
-            "evaluate it with --base pointing at that base, or retrain it on this one",
+            f"adapter {args.name!r} did not load on this base (trained on {adapter.base_model})",
+            "evaluate it with --base pointing at the base it was trained on, or retrain it on this one",
         )
-    # Attached before any forward pass: only then is disable_adapter() bit-exact with the base.
-    peft_model = PeftModel.from_pretrained(loaded.model, adapter.path, adapter_name=adapter.name, is_trainable=False)
-    peft_model.eval()
     max_new = args.max_new_tokens or 128
     result = evaluate_adapter(
-        peft_model, loaded.tokenizer, samples, system, args.max_length, args.samples, max_new, log
+        engine, adapter.name, loaded.tokenizer, samples, system, args.max_length, args.samples, max_new, log
     )
     result = {
         "adapter": adapter.name,

@@ -265,7 +265,7 @@ def snippet(r: dict[str, Any]) -> str:
 
 def write_outputs(r: dict[str, Any], out_dir: Path) -> list[Path]:
     """latest.json, latest.md, README-snippet.md and the charts into `out_dir`; returns the paths written."""
-    from adapters.bench.charts import write_charts
+    from measurement.bench.charts import write_charts
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

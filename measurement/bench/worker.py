@@ -31,7 +31,7 @@ def settings_to_json(settings: Settings) -> dict[str, Any]:
 def settings_from_json(data: dict[str, Any]) -> Settings:
     """The inverse of settings_to_json."""
     values = dict(data)
-    values["adapters_dir"] = Path(values["adapters_dir"])
+    values["adapter_dirs"] = tuple(Path(p) for p in values["adapter_dirs"])
     values["routing_data"] = tuple(Path(p) for p in values["routing_data"])
     return Settings(**values)
 

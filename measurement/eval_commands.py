@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -12,20 +11,9 @@ from typing import Any
 
 from assistant.config import Settings
 from assistant.errors import UsageError
+from measurement.eval_identity import register_identity_eval, run_identity_eval
 
 COMMANDS = ("eval",)
-
-_IDENTITY_MODULE = "training.identity_probe"
-
-
-def _identity_module() -> Any | None:
-    """The training engineer's identity probe when this checkout has it (it owns `eval identity`)."""
-    try:
-        return importlib.import_module(_IDENTITY_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (_IDENTITY_MODULE, "training"):
-            raise  # the module exists but one of its own imports is missing: say so, do not hide it
-        return None
 
 
 def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -57,12 +45,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     adapter.add_argument("--system", help="system prompt (default: the assistant's identity)")
     adapter.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    module = _identity_module()
-    if module is not None:
-        module.register_identity_eval(sub, add_common)
-    else:
-        identity = sub.add_parser("identity", help="identity answers (needs training/identity_probe.py)")
-        add_common(identity)
+    register_identity_eval(sub, add_common)
 
 
 def _log(message: str) -> None:
@@ -71,14 +54,14 @@ def _log(message: str) -> None:
 
 def run_routing(args: Any, settings: Settings) -> int:
     """`eval routing FILE`: route every labelled line and score it."""
-    from assistant.eval_routing import evaluate_routing
+    from adapters.wiring import build_router
     from data.labels import load_labelled_file
-    from main import build_router, installed_adapters
+    from measurement.eval_routing import evaluate_routing
 
     examples = load_labelled_file(args.file)  # BadInputFile (exit 2, file:line) on a malformed line
     if not examples:
         raise UsageError(f"{args.file}: no labelled examples", 'expected JSON lines {"text": ..., "label": ...}')
-    router = build_router(settings, installed_adapters(settings))
+    router = build_router(settings)
     result = evaluate_routing(router, examples)
     if args.json:
         print(json.dumps({"file": str(args.file), **result.as_dict(args.show_errors)}, ensure_ascii=False))
@@ -94,14 +77,9 @@ def run(args: Any, settings: Settings) -> int:
     if what == "routing":
         return run_routing(args, settings)
     if what == "adapter":
-        from adapters.eval_adapter import run_adapter_eval  # torch: imported only when asked for
+        from measurement.eval_adapter import run_adapter_eval  # torch: imported only when asked for
 
         return run_adapter_eval(args, settings, _log)
     if what == "identity":
-        module = _identity_module()
-        if module is None:
-            raise UsageError(
-                "identity evaluation is not part of this checkout", f"it needs {_IDENTITY_MODULE.replace('.', '/')}.py"
-            )
-        return int(module.run_identity_eval(args, settings))
+        return run_identity_eval(args, settings)
     raise UsageError(f"unknown eval command {what!r}")

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.bench.stats import median, p95
 from data.labels import HELDOUT_DIR, labelled_files, load_labelled_file
+from measurement.bench.stats import median, p95
 
 TARGET_MS = 10.0
 

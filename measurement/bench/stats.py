@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from assistant.eval_routing import percentile
+from measurement.eval_routing import percentile
 
 __all__ = ["median", "p95", "percentile", "ratio", "spread"]
 

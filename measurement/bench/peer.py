@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters.bench.generation import Timing, decode_rate
+from measurement.bench.generation import Timing, decode_rate
 
 INSTALL_HINT = "pip install -e '.[peer]'  (llama-cpp-python compiles from source, ~6 min)"
 

@@ -1,0 +1,1 @@
+"""Measurement: evaluation (routing, adapters, identity) and benchmarks; nothing in the product imports it."""
