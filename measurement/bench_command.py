@@ -8,10 +8,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assistant.config import REPO_ROOT, Settings, cache_dir
+from assistant.config import REPO_ROOT, Settings, data_dir
 
 COMMANDS = ("bench",)
 DOCS_DIR = REPO_ROOT / "docs" / "benchmarks"
@@ -25,20 +26,23 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
         description="Measure, side by side in one run: router latency/throughput; time to first token and decode "
         "speed of the NF4 and bf16 base, with and without an adapter, and of llama.cpp on the same GGUF; memory of "
         "the base, adapters and merged models; QLoRA step time. Writes latest.json, latest.md, README-snippet.md "
-        "and PNG charts.",
+        "and PNG charts into a new run folder (the committed report in docs/benchmarks/ only with --update-report).",
     )
     add_common(bench)
     bench.add_argument("--json", action="store_true", help="print the result JSON on stdout (else the Markdown table)")
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="under 3 minutes: 2 rounds, 64 new tokens, 2 adapters, no training; written to the cache "
-        "folder, not docs/",
+        help="under 3 minutes: 2 rounds, 64 new tokens, 2 adapters, no training",
     )
-    bench.add_argument(
-        "--out",
-        type=Path,
-        help=f"output folder (default {DOCS_DIR.relative_to(REPO_ROOT)}/, or the cache folder with --quick)",
+    where = bench.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out", type=Path, help="output folder (default: a new run folder under the user data dir's bench-runs/)"
+    )
+    where.add_argument(
+        "--update-report",
+        action="store_true",
+        help=f"write the committed report in {DOCS_DIR.relative_to(REPO_ROOT)}/ (what the README quotes)",
     )
     bench.add_argument("--repeats", type=int, help="generation rounds (default 5; 2 with --quick)")
     bench.add_argument("--new-tokens", type=int, help="tokens generated per run (default 128; 64 with --quick)")
@@ -67,6 +71,16 @@ def options_from(args: Any) -> Any:
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def output_folder(args: Any, quick: bool) -> Path:
+    """--out, the committed report with --update-report, else a fresh run folder named by its UTC start time."""
+    if args.out:
+        return Path(args.out)
+    if args.update_report:
+        return DOCS_DIR
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    return data_dir() / "bench-runs" / f"{stamp}{'-quick' if quick else ''}"
+
+
 _STARTED = [time.perf_counter()]
 
 
@@ -83,7 +97,7 @@ def run(args: Any, settings: Settings) -> int:
 
     options = options_from(args)
     _STARTED[0] = time.perf_counter()
-    out_dir = args.out or (cache_dir() / "bench-quick" if options.quick else DOCS_DIR)
+    out_dir = output_folder(args, options.quick)
     result = run_bench(settings, options, _log)
     for path in write_outputs(result, out_dir):
         _log(f"[bench] wrote {path}")

@@ -214,3 +214,18 @@ def test_bench_options_reject_nonsense(capsys: pytest.CaptureFixture[str]) -> No
 
     assert main.main(["bench", "--repeats", "0"]) == 2
     assert "--repeats must be positive" in capsys.readouterr().err
+
+
+def test_bench_writes_a_new_run_folder_unless_asked_to_update_the_report(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from assistant.config import REPO_ROOT, data_dir
+    from measurement.bench_command import DOCS_DIR, output_folder
+
+    first = output_folder(Namespace(out=None, update_report=False), quick=True)
+    second = output_folder(Namespace(out=None, update_report=False), quick=False)
+    assert first.parent == second.parent == data_dir() / "bench-runs"
+    assert first != second and first.name.endswith("-quick")
+    assert REPO_ROOT not in first.parents
+    assert output_folder(Namespace(out=None, update_report=True), quick=False) == DOCS_DIR
+    assert output_folder(Namespace(out=tmp_path, update_report=False), quick=True) == tmp_path
