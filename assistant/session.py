@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from assistant.answer_policy import AnswerPolicy, Prepared
 from assistant.engine import Engine, GenerationParams, Message, StreamStats
 from assistant.errors import USER_ERRORS, UsageError
+from assistant.knowledge import Passage
 from assistant.router import GENERAL, Candidate, RouteChoice
 
 AUTO = "auto"
@@ -52,6 +54,10 @@ class Done:
     tokens_per_s: float
     stopped: bool = False
     truncated_prompt: bool = False
+    #: Knowledge entries the answer was given (empty on routes without a knowledge base).
+    sources: tuple[Passage, ...] = ()
+    #: Sentences the answer guard left out (a medicine not asked about, a dose, a price, a phone number).
+    withheld: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,12 @@ class ChatSession:
         keep_history: bool = True,
         sticky: bool = False,
         answer_prefix: Callable[[str], str] | None = None,
+        policy: AnswerPolicy | None = None,
     ) -> None:
         self.router = router
+        # The safety rules, knowledge retrieval and answer guard; None = the models answer unguarded
+        # (measurement uses that to show what the models alone would say).
+        self.policy = policy
         # question -> how an answer about the assistant starts (Identity.answer_prefix); None = never
         self.answer_prefix = answer_prefix
         self.engine = engine
@@ -162,17 +172,28 @@ class ChatSession:
             yield Failed(getattr(exc, "message", str(exc)), getattr(exc, "hint", ""))
             return
         yield chosen
+        prepared = self.policy.prepare(text, chosen.choice.route) if self.policy else None
+        lead = prepared.lead if prepared else None
+        if prepared and lead and lead.complete:  # the rules answer on their own: no model words to trust
+            yield Token(lead.text)
+            self._remember(text, lead.text, chosen)
+            yield Done(lead.text, 0, (time.perf_counter() - start) * 1000.0, 0.0)
+            return
         messages = list(self.history) if self.keep_history else []
         if self.system_prompt:
             messages.insert(0, Message("system", self.system_prompt))
-        messages.append(Message("user", text))
+        messages.append(Message("user", prepared.user_turn if prepared else text))
         params = self.params
-        if chosen.choice.about_assistant and self.answer_prefix is not None:
+        if lead:
+            params = replace(params, answer_prefix=lead.text)
+        elif chosen.choice.about_assistant and self.answer_prefix is not None:
             params = replace(params, answer_prefix=self.answer_prefix(text))
         stats = StreamStats()
         pieces: list[str] = []
         try:
-            for piece in self.engine.stream(messages, chosen.adapter, params, cancel, stats):
+            for piece in self._guarded(
+                self.engine.stream(messages, chosen.adapter, params, cancel, stats), params, prepared
+            ):
                 pieces.append(piece)
                 yield Token(piece)
         except USER_ERRORS as exc:
@@ -188,7 +209,31 @@ class ChatSession:
         stopped = cancel is not None and cancel.is_set()
         decode_s = max(stats.total_s - stats.first_token_s, 1e-9)
         rate = (stats.new_tokens - 1) / decode_s if stats.new_tokens > 1 else 0.0
+        self._remember(text, answer, chosen)
+        sources = prepared.passages if prepared else ()
+        withheld = len(prepared.guard.dropped) if prepared else 0
+        yield Done(answer, stats.new_tokens, elapsed * 1000.0, rate, stopped, stats.truncated_prompt, sources, withheld)
+
+    def _remember(self, text: str, answer: str, chosen: RouteChosen) -> None:
+        """Keep the turn (the user's own words, not the passages they were sent with) and its route."""
         if self.keep_history:
             self.history += [Message("user", text), Message("assistant", answer)]
         self._last_route = (chosen.choice.route, chosen.adapter)
-        yield Done(answer, stats.new_tokens, elapsed * 1000.0, rate, stopped, stats.truncated_prompt)
+
+    @staticmethod
+    def _guarded(pieces: Iterator[str], params: GenerationParams, prepared: Prepared | None) -> Iterator[str]:
+        """The engine's pieces through the answer guard; the answer prefix (ours, streamed first) passes as is."""
+        if prepared is None:
+            yield from pieces
+            return
+        first = True
+        for piece in pieces:
+            if first and params.answer_prefix and piece == params.answer_prefix:
+                first = False
+                yield piece
+                continue
+            first = False
+            if kept := prepared.guard.feed(piece):
+                yield kept
+        if rest := prepared.guard.flush():
+            yield rest
