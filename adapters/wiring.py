@@ -21,6 +21,7 @@ from assistant.engine import AdapterInfo, GenerationParams
 if TYPE_CHECKING:
     from adapters.base_model import LoadedBase
     from adapters.hf_engine import TransformersEngine
+    from assistant.answer_policy import AnswerPolicy
     from assistant.router import Router
     from assistant.session import ChatSession
 
@@ -146,6 +147,28 @@ def answer_prefix() -> Callable[[str], str]:
     return load_identity().answer_prefix
 
 
+def build_policy(settings: Settings, router: Router, adapters: list[AdapterInfo] | None = None) -> AnswerPolicy:
+    """The safety rules and answer guard for every route, with knowledge retrieval on each route that has entries.
+
+    A route's entries are data/knowledge/ROUTE/*.md plus its adapter folder's own knowledge/; they are
+    embedded with the router's encoder, which is already loaded.
+    """
+    from assistant.answer_policy import AnswerPolicy
+    from assistant.knowledge import KnowledgeIndex
+    from data.drug_names import load_drug_names
+    from data.knowledge import knowledge_folders, load_knowledge
+
+    adapters = installed_adapters(settings) if adapters is None else adapters
+    indexes: dict[str, KnowledgeIndex] = {}
+    for adapter in adapters:
+        entries = load_knowledge(knowledge_folders(adapter.route, adapter.path))
+        if entries:
+            indexes[adapter.route] = KnowledgeIndex(
+                router.encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
+            )
+    return AnswerPolicy(load_drug_names(), indexes)
+
+
 def generation_params(settings: Settings) -> GenerationParams:
     """How answers are sampled, from the settings."""
     return GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
@@ -162,9 +185,10 @@ def build_session(
     """Everything a shell needs, wired together; a router or engine given is used as it is."""
     from assistant.session import ChatSession
 
+    adapters = installed_adapters(settings, progress)
     if router is None:
         progress("loading the router…")
-        router = build_router(settings, progress=progress)
+        router = build_router(settings, adapters, progress=progress)
     if engine is None:
         progress("loading the base model and adapters…")
         engine = build_engine(settings, progress)
@@ -176,4 +200,5 @@ def build_session(
         keep_history=keep_history,
         sticky=sticky,
         answer_prefix=answer_prefix(),
+        policy=build_policy(settings, router, adapters) if settings.safety_rules else None,
     )

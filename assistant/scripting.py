@@ -49,6 +49,11 @@ def _emit_json(out: TextIO, obj: dict[str, object]) -> None:
     out.flush()
 
 
+def _sources_line(done: Done) -> str:
+    """The knowledge entries an answer was given, for stderr."""
+    return "[sources: " + "; ".join(f"{p.title} ({p.entry.id})" for p in done.sources) + "]"
+
+
 def _describe(chosen: RouteChosen) -> str:
     c = chosen.choice
     how = (
@@ -111,12 +116,19 @@ def run_ask(session: ChatSession, queries: Iterable[Query], as_json: bool, out: 
                     if event.truncated_prompt:
                         err.write(f"warning: line {q.line}: longer than the model's context; its start was cut\n")
                     record.update(
-                        answer=event.answer, new_tokens=event.new_tokens, latency_ms=round(event.latency_ms, 1)
+                        answer=event.answer,
+                        new_tokens=event.new_tokens,
+                        latency_ms=round(event.latency_ms, 1),
+                        sources=[p.as_json() for p in event.sources],
                     )
+                    if event.withheld:
+                        record["withheld"] = event.withheld
                     if as_json:
                         _emit_json(out, record)
                     else:
                         out.write("\n\n" if not event.answer.endswith("\n") else "\n")
+                        if event.sources:
+                            err.write(_sources_line(event) + "\n")
                         out.flush()
                 elif isinstance(event, Failed):
                     err.write(

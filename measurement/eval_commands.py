@@ -12,13 +12,14 @@ from typing import Any
 from assistant.config import Settings
 from assistant.errors import UsageError
 from measurement.eval_identity import register_identity_eval, run_identity_eval
+from measurement.eval_safety import register_safety_eval, run_safety_eval
 
 COMMANDS = ("eval",)
 
 
 def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `eval routing|adapter|identity`."""
-    ev = subparsers.add_parser("eval", help="measure routing quality, an adapter against the base, identity answers")
+    """Add `eval routing|adapter|identity|safety`."""
+    ev = subparsers.add_parser("eval", help="measure routing, an adapter against the base, identity and safety answers")
     sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
     routing = sub.add_parser("routing", help="routing quality on a labelled JSONL file")
@@ -46,6 +47,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     adapter.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     register_identity_eval(sub, add_common)
+    register_safety_eval(sub, add_common)
 
 
 def _log(message: str) -> None:
@@ -82,4 +84,6 @@ def run(args: Any, settings: Settings) -> int:
         return run_adapter_eval(args, settings, _log)
     if what == "identity":
         return run_identity_eval(args, settings)
+    if what == "safety":
+        return run_safety_eval(args, settings)
     raise UsageError(f"unknown eval command {what!r}")

@@ -174,3 +174,23 @@ def test_live_questions_never_reach_the_model() -> None:
     assert engine.calls == []
     answer = "".join(e.text for e in events if isinstance(e, Token))
     assert "20℃" not in answer and "实时" in answer
+
+
+def test_ask_json_names_the_sources_and_withheld_sentences(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from assistant.scripting import Query, run_ask
+
+    folder = tmp_path / "caregiving"
+    entry(folder, "turning", "卧床老人翻身", "大约每2小时翻身一次。")
+    policy = AnswerPolicy(DRUGS, {"caregiving": KnowledgeIndex(HashingEncoder(), load_knowledge([folder]), 0.0)})
+    engine = ScriptedEngine(["大约每2小时翻身一次。", "可配合阿司匹林。"])
+    session = ChatSession(FixedRouter(), engine, policy=policy, keep_history=False)
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_ask(session, [Query(1, "卧床老人多久翻一次身")], True, out, err)
+
+    record = json.loads(out.getvalue())
+    assert code == 0 and record["sources"][0]["id"] == "turning" and record["withheld"] == 1
+    assert "阿司匹林" not in record["answer"] and record["sources"][0]["source"] == "测试来源"
