@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,112 +19,19 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from adapters.chat_format import render_prompt_ids, render_turn_ids, with_system
-from adapters.registry import read_manifest, scan_adapters
+from adapters.adapter_slots import AdapterSlots
+from adapters.incremental_decoder import IncrementalDecoder
+from adapters.prompt_fit import fit_to_context
+from adapters.system_turn_cache import SystemTurnCache
 from assistant.engine import AdapterInfo, EngineInfo, GenerationParams, Message, StreamStats
-from assistant.errors import AssistantError, GenerationFailed, UsageError
+from assistant.errors import GenerationFailed, UsageError
 
 IM_END = "<|im_end|>"
 _DEFAULT_CONTEXT = 2048  # used only when the model config names no max_position_embeddings
 
 
-#: System-turn caches kept at once: one per adapter and system prompt in use.
-_SYSTEM_KV_ENTRIES = 16
-
-
 def _warn_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
-
-
-class IncrementalDecoder:
-    """Turns token ids, pushed one at a time, into text pieces that never split a character.
-
-    Byte-level BPE tokens can end inside a multi-byte UTF-8 character; decoding then ends in
-    U+FFFD. Such a tail is held back until later tokens complete it, while the text before it
-    goes out. Each step re-decodes only a short window of recent tokens, starting one piece
-    earlier than the new text so tokenizers that drop a leading space on a lone token still
-    get it right (the prefix/read offsets of TGI and vLLM). The pieces always join up to
-    exactly `tokenizer.decode(all ids)`.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # start of the window re-decoded each step
-        self._read = 0  # tokens before this are fully emitted
-        self._sent = 0  # characters after `_read`'s text already emitted (the stable part of a held tail)
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the newly stable text (often '', never a partial character)."""
-        self._ids.append(token_id)
-        return self._emit(final=False)
-
-    def flush(self) -> str:
-        """Whatever is still held back, at the end of an answer."""
-        return self._emit(final=True)
-
-    def _emit(self, final: bool) -> str:
-        done = self._decode(self._ids[self._prefix : self._read])
-        now = self._decode(self._ids[self._prefix :])
-        if final or not now.endswith("\ufffd"):
-            piece = now[len(done) + self._sent :]
-            self._prefix, self._read, self._sent = self._read, len(self._ids), 0
-            return piece
-        # The trailing replacement characters may still become a real character; what
-        # precedes them cannot change any more (UTF-8 is self-synchronizing).
-        piece = now.rstrip("\ufffd")[len(done) + self._sent :]
-        self._sent += len(piece)
-        return piece
-
-
-def fit_prompt(tokenizer: Any, convo: Sequence[Mapping[str, str]], budget: int) -> tuple[list[int], bool]:
-    """Prompt ids of `convo` (system turn already in place) in at most `budget` tokens, and whether it was cut.
-
-    Oldest turns go first; if the newest turn alone is still too long, its text is cut from
-    the front (keeping the most recent text). The system turn always stays, and the chat
-    template stays intact, so the model still sees well-formed turns.
-    """
-    turns = [{"role": m["role"], "content": m["content"]} for m in convo]
-
-    def render(part: list[dict[str, str]]) -> list[int]:
-        return render_prompt_ids(tokenizer, part, None)
-
-    ids = render(turns)
-    if len(ids) <= budget:
-        return ids, False
-    head = turns[:1] if turns and turns[0]["role"] == "system" else []
-    rest = turns[len(head) :]
-    while len(rest) > 1 and len(ids) > budget:
-        rest = rest[1:]
-        if len(rest) > 1 and rest[0]["role"] == "assistant":
-            rest = rest[1:]  # resume on a user turn, as the conversation did
-        ids = render(head + rest)
-    if len(ids) > budget and rest:
-        role, text = rest[-1]["role"], rest[-1]["content"]
-
-        def fits(keep: int) -> list[int] | None:
-            candidate = render([*head, {"role": role, "content": text[len(text) - keep :]}])
-            return candidate if len(candidate) <= budget else None
-
-        # Binary search for the longest tail of the text that fits; a token rarely spans more
-        # than 32 characters, which bounds how much text is ever tokenized.
-        lo, hi = 0, min(len(text), budget * 32)
-        best = fits(0)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            candidate = fits(mid)
-            if candidate is None:
-                hi = mid - 1
-            else:
-                lo, best = mid, candidate
-        if best is not None:
-            ids = best
-    if len(ids) > budget:  # even the system turn alone is too long: keep the newest tokens
-        ids = ids[len(ids) - budget :]
-    return ids, True
 
 
 class TransformersEngine:
@@ -151,27 +57,18 @@ class TransformersEngine:
     ) -> None:
         self._tokenizer = tokenizer
         self._info = info
-        self._base_checksum = base_checksum
         self._system_prompt = system_prompt
-        self._warn = warn
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id holding the lock, to refuse re-entry
-        self._active: str | None = None  # adapter last set with set_adapter; None = unknown
-        # Keys/values of the system turn, per (adapter, token ids): every question starts with the
-        # same ~200-token system prompt, so it is encoded once per adapter rather than per answer.
-        self._system_kv: dict[tuple[str | None, tuple[int, ...]], Any] = {}
         config = getattr(model, "config", None)
         self._context = int(context_length or getattr(config, "max_position_embeddings", 0) or _DEFAULT_CONTEXT)
         self._generation_config = getattr(model, "generation_config", None)
         self._stop_ids = self._find_stop_ids(tokenizer, self._generation_config)
         model.eval()
-        # Every adapter is attached before the first forward pass: only then is
-        # disable_adapter() bit-exact with the plain base (bnb repacks on the first forward).
-        self._peft: Any = None
-        self._adapters: list[AdapterInfo] = []
-        self._attach_adapters(model, adapter_dirs)
-        self._model: Any = self._peft if self._peft is not None else model
+        self._slots = AdapterSlots(model, adapter_dirs, base_checksum, info.base_model, warn)
+        self._model: Any = self._slots.model
         self._device = getattr(model, "device", torch.device("cpu"))
+        self._system_turns = SystemTurnCache(self._encode_prefix)
         self._warm_up(model)
 
     # -- Engine protocol -------------------------------------------------------------------
@@ -182,7 +79,7 @@ class TransformersEngine:
 
     def adapters(self) -> list[AdapterInfo]:
         """The adapters that loaded successfully."""
-        return list(self._adapters)
+        return self._slots.loaded()
 
     def stream(
         self,
@@ -197,7 +94,7 @@ class TransformersEngine:
         An unknown adapter raises UsageError here, before any iteration. The generator holds the
         engine lock while it runs: exhaust it or call its close().
         """
-        names = [a.name for a in self._adapters]
+        names = self._slots.names()
         if adapter is not None and adapter not in names:
             raise UsageError(
                 f"unknown adapter {adapter!r}",
@@ -217,9 +114,9 @@ class TransformersEngine:
 
         For measurements that need raw forward passes (validation loss) on exactly the model that answers.
         """
-        if adapter is not None and adapter not in [a.name for a in self._adapters]:
+        if adapter is not None and adapter not in self._slots.names():
             raise UsageError(f"unknown adapter {adapter!r}")
-        with self._lock, self._adapter_scope(adapter):
+        with self._lock, self._slots.scope(adapter):
             yield self._model
 
     # -- loading ---------------------------------------------------------------------------
@@ -240,64 +137,6 @@ class TransformersEngine:
                     stop.add(int(token))
         return frozenset(stop)
 
-    def _attach_adapters(self, model: Any, adapter_dirs: Path | Sequence[Path]) -> None:
-        from peft import PeftModel
-
-        found, problems = scan_adapters(adapter_dirs)
-        for problem in problems:
-            self._warn(problem)
-        for adapter in found:
-            try:
-                trained_on = read_manifest(Path(adapter.path)).get("base_checksum", "")
-            except AssistantError as exc:  # the folder changed since the scan
-                self._warn(f"adapter {adapter.name!r} skipped: {exc}")
-                continue
-            if trained_on != self._base_checksum:
-                self._warn(
-                    f"adapter {adapter.name!r} skipped: it was trained on base {adapter.base_model!r} "
-                    f"(checksum {str(trained_on)[:12]}), but the loaded base is {self._info.base_model!r} "
-                    f"(checksum {self._base_checksum[:12]}); retrain it on this base or load that base"
-                )
-                continue
-            try:
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(
-                        model, adapter.path, adapter_name=adapter.name, is_trainable=False
-                    )
-                else:
-                    self._peft.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
-            except Exception as exc:  # noqa: BLE001 - peft/safetensors raise many types; one bad adapter must not crash
-                self._forget(model, adapter.name)
-                self._warn(f"adapter {adapter.name!r} skipped: loading {adapter.path} failed: {exc}")
-                continue
-            self._adapters.append(adapter)
-        if self._peft is not None:
-            self._peft.eval()
-
-    def _forget(self, model: Any, name: str) -> None:
-        """Remove what a failed load left behind, so the base and the other adapters stay exact."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        try:
-            if self._peft is not None:
-                if name in self._peft.peft_config:
-                    self._peft.delete_adapter(name)
-            else:
-                # PeftModel.from_pretrained injects LoRA layers into `model` before reading the
-                # weights; adapter-less wrappers left behind compute exactly the base layer.
-                for module in model.modules():
-                    if isinstance(module, BaseTunerLayer):
-                        module.delete_adapter(name)
-                # It also leaves its config on the model, which the next PeftModel would adopt.
-                configs = getattr(model, "peft_config", None)
-                if isinstance(configs, dict):
-                    configs.pop(name, None)
-                    if not configs:
-                        del model.peft_config
-        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the load warning says why
-            self._warn(f"could not fully unload the failed adapter {name!r}: {exc}")
-        self._active = None
-
     def _warm_up(self, model: Any) -> None:
         """One short forward pass (bitsandbytes repacks its 4-bit weights on the first one).
 
@@ -305,39 +144,10 @@ class TransformersEngine:
         """
         from adapters.base_model import warm_up
 
-        with self._lock, self._adapter_scope(None):
+        with self._lock, self._slots.scope(None):
             warm_up(model, self._tokenizer)
 
     # -- generation ------------------------------------------------------------------------
-
-    @contextmanager
-    def _adapter_scope(self, adapter: str | None) -> Iterator[None]:
-        """Make `adapter` (or the plain base for None) the one the next forwards go through."""
-        if self._peft is None:
-            yield
-            return
-        if adapter is None:
-            with self._peft.disable_adapter():
-                yield
-            return
-        if self._active != adapter:
-            self._peft.set_adapter(adapter, inference_mode=True)
-            self._active = adapter
-        yield
-
-    def _prompt_ids(
-        self, messages: list[Message], max_new_tokens: int, answer_prefix: str = ""
-    ) -> tuple[list[int], bool, int, int]:
-        """Prompt ids (ending with the answer prefix's, if any) fitted to the context, whether they were
-        cut, the new-token allowance, and how many leading ids are the system turn (0: none intact)."""
-        # A max_new_tokens as large as the context would leave no room for any prompt at all.
-        max_new = max_new_tokens if max_new_tokens < self._context else max(1, self._context // 2)
-        prefix = self._tokenizer.encode(answer_prefix, add_special_tokens=False) if answer_prefix else []
-        convo = with_system([m.as_dict() for m in messages], self._system_prompt)
-        ids, truncated = fit_prompt(self._tokenizer, convo, self._context - max_new - len(prefix))
-        system = render_turn_ids(self._tokenizer, convo[:1]) if convo and convo[0]["role"] == "system" else []
-        shared = len(system) if 0 < len(system) < len(ids) and ids[: len(system)] == system else 0
-        return ids + prefix, truncated, max_new, shared
 
     def _processors(self, params: GenerationParams) -> LogitsProcessorList:
         """The model's own repetition penalty (and top-k/top-p when sampling), as generate() would."""
@@ -378,43 +188,29 @@ class TransformersEngine:
         stats: StreamStats,
     ) -> Generator[str, None, None]:
         start = time.perf_counter()
-        ids, truncated, max_new, shared = self._prompt_ids(messages, params.max_new_tokens, params.answer_prefix)
-        stats.prompt_tokens, stats.truncated_prompt = len(ids), truncated
+        prompt = fit_to_context(
+            self._tokenizer, messages, self._system_prompt, self._context, params.max_new_tokens, params.answer_prefix
+        )
+        stats.prompt_tokens, stats.truncated_prompt = len(prompt.ids), prompt.truncated
         if not self._acquire(cancel):
             stats.total_s = time.perf_counter() - start
             return
         try:
-            with self._adapter_scope(adapter):
+            with self._slots.scope(adapter):
                 if params.answer_prefix:
                     yield params.answer_prefix  # the model's first words, already in its prompt
-                past, done = self._system_cache(ids, shared, adapter)
-                yield from self._decode(ids, max_new, params, cancel, stats, start, past, done)
+                past, done = self._system_turns.past_for(prompt.ids, prompt.system_len, adapter)
+                yield from self._decode(prompt.ids, prompt.max_new, params, cancel, stats, start, past, done)
         finally:
             self._owner = None
             self._lock.release()
             stats.total_s = time.perf_counter() - start
 
-    def _system_cache(self, ids: list[int], shared: int, adapter: str | None) -> tuple[Any, int]:
-        """A private copy of the system turn's keys/values for this adapter, and how many ids it covers.
-
-        Computed on first use and kept (a few MB per adapter); (None, 0) when there is no intact
-        system turn. Runs under the engine lock with the adapter already set.
-        """
-        if not shared:
-            return None, 0
-        key = (adapter, tuple(ids[:shared]))
-        cached = self._system_kv.get(key)
-        if cached is None:
-            try:
-                with torch.inference_mode():
-                    head = torch.tensor([ids[:shared]], device=self._device)
-                    cached = self._model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
-            except (RuntimeError, ValueError, AssertionError) as exc:
-                raise GenerationFailed(f"encoding the system prompt failed: {exc}") from exc
-            if len(self._system_kv) >= _SYSTEM_KV_ENTRIES:  # a changed system prompt: drop the oldest
-                self._system_kv.pop(next(iter(self._system_kv)))
-            self._system_kv[key] = cached
-        return copy.deepcopy(cached), shared  # decoding appends to the cache in place
+    def _encode_prefix(self, ids: list[int]) -> Any:
+        """Keys/values of `ids` through the active adapter (the caller holds the lock)."""
+        with torch.inference_mode():
+            head = torch.tensor([ids], device=self._device)
+            return self._model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
 
     def _decode(
         self,

@@ -15,8 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.base_model import INFERENCE_ONLY_ATTR
 from adapters.chat_format import render_prompt_ids, with_system
-from adapters.hf_engine import IncrementalDecoder, TransformersEngine, fit_prompt
+from adapters.hf_engine import TransformersEngine
+from adapters.incremental_decoder import IncrementalDecoder
+from adapters.prompt_fit import fit_prompt
 from adapters.registry import read_manifest, write_manifest
+from adapters.system_turn_cache import SystemTurnCache
 from assistant.engine import EngineInfo, GenerationParams, Message, StreamStats
 from assistant.errors import GenerationFailed, UsageError
 from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
@@ -120,11 +123,11 @@ def test_switching_adapters_changes_the_output(engine: TransformersEngine) -> No
 
 
 def test_adapter_output_matches_generate_through_that_adapter(engine: TransformersEngine) -> None:
-    peft_model, tokenizer = engine._model, engine._tokenizer
+    tokenizer = engine._tokenizer
     for name in ("alpha", "beta"):
-        peft_model.set_adapter(name, inference_mode=True)
-        engine._active = name
-        assert answer(engine, name) == text_of(tokenizer, greedy_ids(peft_model, tokenizer))
+        with engine.scoped_model(name) as peft_model:
+            expected = text_of(tokenizer, greedy_ids(peft_model, tokenizer))
+        assert answer(engine, name) == expected
 
 
 def test_base_route_is_bit_exact_with_disabled_adapters_and_with_a_plain_model(
@@ -170,15 +173,15 @@ def test_answer_prefix_is_streamed_first_and_the_model_continues_after_it(engine
 def test_system_turn_is_encoded_once_per_adapter_and_changes_nothing(
     engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine._system_kv.clear()
+    engine._system_turns.clear()
     first = {name: answer(engine, name) for name in (None, "alpha", "beta")}
-    assert sorted(str(adapter) for adapter, _ in engine._system_kv) == ["None", "alpha", "beta"]
-    cached = dict(engine._system_kv)
+    assert sorted(str(adapter) for adapter, _ in engine._system_turns) == ["None", "alpha", "beta"]
+    cached = dict(engine._system_turns)
     assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first  # reused, not mutated
-    assert all(engine._system_kv[k] is v for k, v in cached.items())
+    assert all(engine._system_turns[k] is v for k, v in cached.items())
 
     # The same decode with the whole prompt encoded every time:
-    monkeypatch.setattr(engine, "_system_cache", lambda ids, shared, adapter: (None, 0))
+    monkeypatch.setattr(engine._system_turns, "past_for", lambda ids, shared, adapter: (None, 0))
     assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first
 
 
@@ -390,3 +393,30 @@ def test_4bit_base_with_adapters(tiny: dict[str, Path]) -> None:
 
     plain, tokenizer = load(tiny["base"], quantization_config=quant)
     assert base == text_of(tokenizer, greedy_ids(plain, tokenizer))
+
+
+def test_system_turn_cache_encodes_each_key_once_hands_out_copies_and_evicts_the_oldest() -> None:
+    encoded: list[list[int]] = []
+
+    def encode(ids: list[int]) -> list[list[int]]:
+        encoded.append(ids)
+        return [list(ids)]
+
+    cache = SystemTurnCache(encode, max_entries=2)
+    assert cache.past_for([1, 2, 3], 0, None) == (None, 0)  # no intact system turn: nothing encoded
+    past, done = cache.past_for([1, 2, 3], 2, "alpha")
+    assert (past, done) == ([[1, 2]], 2)
+    past[0].append(99)  # decoding appends to its copy in place...
+    assert cache.past_for([1, 2, 4], 2, "alpha") == ([[1, 2]], 2)  # ...which leaves the kept entry alone
+    cache.past_for([1, 2], 2, None)
+    cache.past_for([5, 6], 2, None)
+    assert encoded == [[1, 2], [1, 2], [5, 6]]
+    assert list(cache) == [(None, (1, 2)), (None, (5, 6))]  # ("alpha", (1, 2)) was the oldest
+
+
+def test_system_turn_cache_reports_a_failed_encoding_as_generation_failed() -> None:
+    def encode(ids: list[int]) -> None:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(GenerationFailed, match="encoding the system prompt failed: out of memory"):
+        SystemTurnCache(encode).past_for([1, 2, 3], 2, None)

@@ -1,4 +1,4 @@
-"""What slash commands and key bindings do: routing overrides, /why, /history, /new, /export, /help."""
+"""The chat app's conversation state, and what slash commands and key bindings do with it."""
 
 from __future__ import annotations
 
@@ -14,31 +14,37 @@ from assistant.errors import USER_ERRORS
 from assistant.history import HistoryStore, StoredMessage, last_route, session_history
 from assistant.session import AUTO, BASE, ChatSession
 from assistant.tui.adapters_panel import AdaptersPanel
-from assistant.tui.commands import COMMANDS, Command, help_markdown, literal, parse
+from assistant.tui.commands import COMMANDS, Command, help_markdown
 from assistant.tui.generation import Turn
 from assistant.tui.prompt import PromptInput
 from assistant.tui.screens import HelpScreen, HistoryScreen, WhyScreen
 from assistant.tui.statusbar import StatusBar
 from assistant.tui.transcript import AssistantMessage, RouteBadge, Transcript
 
-__all__ = ["AfterTurn", "CommandsMixin", "literal", "parse"]
+__all__ = ["AfterTurn", "ConversationApp"]
 
 #: Deferred work that must wait until the running answer has stopped and been saved.
 AfterTurn = Callable[[], Awaitable[None]]
 
 
-class CommandsMixin(App[int]):
-    """The command and conversation half of ChatApp (split out to keep each module small)."""
+class ConversationApp(App[int]):
+    """The base of ChatApp: the state both halves share, routing, dialogs and conversations.
 
-    session: ChatSession | None
-    store: HistoryStore
-    conversation_id: int | None
-    pending_override: str
-    active: str | None
-    queue: deque[Turn]
-    current: Turn | None
-    _answers: dict[int, AssistantMessage]
-    _after_turn: list[AfterTurn]
+    ChatApp adds loading the model and answering the queued questions (two classes, to keep
+    each module small).
+    """
+
+    def __init__(self, store: HistoryStore, initial_adapter: str) -> None:
+        super().__init__()
+        self.store = store
+        self.session: ChatSession | None = None  # set once the model has loaded
+        self.conversation_id: int | None = None
+        self.pending_override = initial_adapter  # applied (and validated) once the session exists
+        self.queue: deque[Turn] = deque()
+        self.current: Turn | None = None
+        self.active: str | None = None  # adapter of the latest answer, BASE, or None before any
+        self._answers: dict[int, AssistantMessage] = {}
+        self._after_turn: list[AfterTurn] = []
 
     async def run_command(self, command: Command) -> None:
         """Dispatch `/name arg`; unknown names get a hint instead of an error."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections import deque
 from typing import ClassVar
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -16,19 +15,21 @@ from textual.widgets import Footer, Header
 
 from assistant.history import HistoryStore, last_route, session_history
 from assistant.session import AUTO, BASE, ChatSession
-from assistant.tui import actions, events
+from assistant.tui import events
+from assistant.tui.actions import ConversationApp
 from assistant.tui.adapters_panel import AdaptersPanel
+from assistant.tui.commands import literal, parse
 from assistant.tui.format import routing_record
 from assistant.tui.generation import SessionFactory, Turn, load_session, run_turn
 from assistant.tui.loading import LoadingPanel
 from assistant.tui.prompt import PromptInput
 from assistant.tui.statusbar import MemoryReader, StatusBar, process_memory_mb
-from assistant.tui.transcript import AssistantMessage, Transcript
+from assistant.tui.transcript import Transcript
 
 RESUMED = "Reopened your last conversation — /new starts a fresh one, /history lists them all."
 
 
-class ChatApp(actions.CommandsMixin, App[int]):
+class ChatApp(ConversationApp):
     """Questions go into a queue; one thread answers them in order and posts events back up."""
 
     CSS_PATH = "app.tcss"
@@ -53,19 +54,10 @@ class ChatApp(actions.CommandsMixin, App[int]):
         initial_adapter: str = AUTO,
         resume: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(store, initial_adapter)
         self.session_factory = session_factory
-        self.store = store
         self.memory_reader = memory_reader
         self.resume = resume
-        self.session: ChatSession | None = None
-        self.conversation_id: int | None = None
-        self.pending_override = initial_adapter  # applied (and validated) once the session exists
-        self.queue: deque[Turn] = deque()
-        self.current: Turn | None = None
-        self.active: str | None = None  # adapter of the latest answer, BASE, or None before any
-        self._answers: dict[int, AssistantMessage] = {}
-        self._after_turn: list[actions.AfterTurn] = []
         self.loader: threading.Thread | None = None  # builds the session; see on_mount
 
     def compose(self) -> ComposeResult:
@@ -132,11 +124,11 @@ class ChatApp(actions.CommandsMixin, App[int]):
         text = message.text.strip()
         if not text:
             return
-        command = actions.parse(text)
+        command = parse(text)
         if command is not None:
             await self.run_command(command)
         else:
-            await self.ask(actions.literal(text))
+            await self.ask(literal(text))
 
     async def ask(self, question: str) -> None:
         """Save the question (before anything can fail), show it, and queue it for an answer."""
