@@ -23,12 +23,13 @@ from data.errors import BadInputFile
 from data.labels import load_labelled
 from tests.fakes import HashingEncoder
 from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
-from training import adapter_job
-from training.adapter_job import AdapterJob, _lora_model, run_adapter_job
+from training import adapter_job, router_refit
+from training.adapter_job import AdapterJob, run_adapter_job
 from training.checkpoints import CheckpointStore, trainable_state
 from training.config import TrainConfig
 from training.dataset import TokenizedSplit, iterate_batches, tokenize
 from training.identity_data import identity_samples
+from training.lora_run import lora_model
 from training.loss import evaluation, repacked, row_losses, shared_prefix, to_tensors
 from training.sft import Interrupted, SFTLoop
 
@@ -81,7 +82,7 @@ def _loop(settings: Settings, config: TrainConfig, data_file: Path, folder: Path
     samples = load_sft_file(data_file) + identity_samples(config.identity_samples)
     train = tokenize(samples[:-4], loaded.tokenizer, SYSTEM, config.max_length)
     val = tokenize(samples[-4:], loaded.tokenizer, SYSTEM, config.max_length)
-    model = _lora_model(loaded, config)
+    model = lora_model(loaded, config)
     pad = loaded.tokenizer.pad_token_id
     loop = SFTLoop(model, train, val, config, CheckpointStore(folder), pad, "cpu", lambda m: None, progress=False)
     return loop, loaded
@@ -265,8 +266,8 @@ def test_route_that_hurts_existing_routing_is_refused_unless_forced(
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "x", "response": "y"}\n', encoding="utf-8")
     trained: list[str] = []
-    monkeypatch.setattr(adapter_job, "_train", lambda job, *a, **k: trained.append(job.name) or {})
-    monkeypatch.setattr(adapter_job.router_refit, "refit_and_store", lambda *a, **k: (None, None))
+    monkeypatch.setattr(adapter_job, "train_and_install", lambda job, *a, **k: trained.append(job.name) or {})
+    monkeypatch.setattr(router_refit, "refit_and_store", lambda *a, **k: (None, None))
     job = AdapterJob("news2", data, FAST, route="news2", route_examples=confusing)
     with pytest.raises(UsageError, match="drops routing accuracy"):
         run_adapter_job(job, settings, lambda m: None, encoder_factory=lambda s: HashingEncoder())
@@ -339,7 +340,7 @@ def test_eval_identity_reports_every_route(
 
 
 def test_many_cut_answers_are_a_warning_a_few_a_note() -> None:
-    from training.adapter_job import cut_report
+    from training.lora_run import cut_report
 
     few = cut_report(["a.jsonl:3"], 20, 512)
     assert few.startswith("note: 1 of 20") and "a.jsonl:3" in few and "--max-length" not in few

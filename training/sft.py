@@ -1,16 +1,12 @@
-"""The QLoRA training loop: accumulation, validation with early stopping, checkpoints, resume and Ctrl-C."""
+"""The QLoRA training loop: accumulation, validation with early stopping, checkpoints and resume."""
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -20,6 +16,8 @@ from training.config import TrainConfig
 from training.dataset import Batch, TokenizedSplit, collate, epoch_batches, iterate_batches
 from training.generation import autocast_context
 from training.loss import evaluation, mean_loss, repacked, row_losses, shared_prefix, to_tensors
+from training.step_progress import StepProgress
+from training.stop_signals import StopFlag, stop_on_signals
 
 
 class Interrupted(KeyboardInterrupt):
@@ -28,37 +26,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, checkpoint: Path | None) -> None:
         super().__init__("interrupted")
         self.checkpoint = checkpoint
-
-
-@dataclass
-class StopFlag:
-    """Set by the signal handler; the loop stops at the next micro-batch boundary."""
-
-    requested: bool = False
-    signal_name: str = ""
-
-
-@contextmanager
-def stop_on_signals(flag: StopFlag, log: Callable[[str], None]) -> Iterator[None]:
-    """First Ctrl-C/SIGTERM asks for a clean stop (checkpoint, then exit); a second one aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed on the main thread
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested, flag.signal_name = True, signal.Signals(signum).name
-        log(f"\n{flag.signal_name}: saving a checkpoint after this batch (press Ctrl-C again to abort at once)")
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @dataclass
@@ -196,69 +163,18 @@ class SFTLoop:
                 "this model instance has served inference (bitsandbytes repacked its 4-bit weights); "
                 "training it would crash or compute wrong gradients: load a fresh base"
             )
-        state = self.store.resume(self.model, self.optimizer, self.scheduler, fingerprint) if resume else None
-        if state is None:
-            self.store.clear()
-            state = LoopState(fingerprint=fingerprint)
-            self.log(
-                f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) on {len(self.train_split)} "
-                f"samples; validating on {len(self.val_split)} every {self.config.eval_every} steps"
-                + (f"; shared system prefix of {self.prefix} tokens encoded once per batch" if self.prefix else "")
-            )
-            state.base_val_loss, state.base_val_by_kind = self.validate()  # LoRA B=0: this is the base
-            self._after_validation(state, state.base_val_loss)
-            self.log(f"validation loss before training (base): {state.base_val_loss:.4f}")
-        else:
-            self.log(f"resuming at step {state.step}/{self.total_steps} (epoch {state.epoch + 1})")
-        started = time.perf_counter()
-        elapsed_before = state.train_seconds
-        stopped = ""
-        bar = self._bar(state)
-        batches = self._micro_batches(state.epoch, state.position)
-        self.model.train()
+        state = self._start(resume, fingerprint)
+        clock_origin = time.perf_counter() - state.train_seconds  # train_seconds goes on from a resumed run
         with stop_on_signals(self.flag, self.log):
-            try:
-                while state.step < self.total_steps:
-                    step_batches = [next(batches) for _ in range(self.config.grad_accumulation)]
-                    # Seeded per step: a resumed run draws the same dropout masks as an unbroken one.
-                    torch.manual_seed(self.config.seed * 100_003 + state.step)
-                    loss = self._step([collate(self.train_split, b, self.pad_id) for _, _, b in step_batches])
-                    if loss is None:  # stop requested mid-step: the weights are still those of state.step
-                        break
-                    epoch, index, _ = step_batches[-1]
-                    state.epoch, state.position = epoch, index + 1
-                    state.step += 1
-                    state.train_losses.append([state.step, loss])
-                    state.train_seconds = elapsed_before + time.perf_counter() - started
-                    stop_early = False
-                    if state.step % self.config.eval_every == 0 or state.step == self.total_steps:
-                        val, by_kind = self.validate()
-                        state.last_val_by_kind = by_kind
-                        stop_early = self._after_validation(state, val)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(self._postfix(state), refresh=False)
-                    if self.on_step is not None:
-                        self.on_step(state)
-                    if state.step % self.config.save_every == 0:
-                        self.store.save(self.model, self.optimizer, self.scheduler, state)
-                    if stop_early:
-                        stopped = f"early stop: no improvement in {self.config.patience} validations"
-                        break
-                    if self.flag.requested:
-                        break
-            finally:
-                if bar is not None:
-                    bar.close()
+            early_stop = self._train_steps(state, clock_origin)
             if self.flag.requested:
                 path = self.store.save(self.model, self.optimizer, self.scheduler, state)
                 self.log(
                     f"checkpoint saved at step {state.step}: {path}\n  continue with the same command plus --resume"
                 )
                 raise Interrupted(path)
-        state.train_seconds = elapsed_before + time.perf_counter() - started
-        if not stopped:
-            stopped = "max_steps" if self.config.max_steps > 0 else "epochs done"
+        state.train_seconds = time.perf_counter() - clock_origin
+        stopped = early_stop or ("max_steps" if self.config.max_steps > 0 else "epochs done")
         self.store.save(self.model, self.optimizer, self.scheduler, state)  # a crash in the evaluation loses nothing
         restored = self.store.load_best(self.model) if state.best_step != state.step else False
         return TrainOutcome(
@@ -270,6 +186,65 @@ class SFTLoop:
             stopped=stopped,
             best_restored=restored,
         )
+
+    def _start(self, resume: bool, fingerprint: str) -> LoopState:
+        """The checkpoint's state on --resume (when there is one), else a fresh start validated on the base."""
+        state = self.store.resume(self.model, self.optimizer, self.scheduler, fingerprint) if resume else None
+        if state is not None:
+            self.log(f"resuming at step {state.step}/{self.total_steps} (epoch {state.epoch + 1})")
+            return state
+        self.store.clear()
+        state = LoopState(fingerprint=fingerprint)
+        self.log(
+            f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) on {len(self.train_split)} "
+            f"samples; validating on {len(self.val_split)} every {self.config.eval_every} steps"
+            + (f"; shared system prefix of {self.prefix} tokens encoded once per batch" if self.prefix else "")
+        )
+        state.base_val_loss, state.base_val_by_kind = self.validate()  # LoRA B=0: this is the base
+        self._after_validation(state, state.base_val_loss)
+        self.log(f"validation loss before training (base): {state.base_val_loss:.4f}")
+        return state
+
+    def _train_steps(self, state: LoopState, clock_origin: float) -> str:
+        """Optimizer steps until the last one, early stopping or a stop request; the early-stop reason or ''."""
+        progress = StepProgress(self.progress, self.total_steps, state, self._learning_rate())
+        batches = self._micro_batches(state.epoch, state.position)
+        self.model.train()
+        try:
+            while state.step < self.total_steps:
+                step_batches = [next(batches) for _ in range(self.config.grad_accumulation)]
+                # Seeded per step: a resumed run draws the same dropout masks as an unbroken one.
+                torch.manual_seed(self.config.seed * 100_003 + state.step)
+                loss = self._step([collate(self.train_split, b, self.pad_id) for _, _, b in step_batches])
+                if loss is None:  # stop requested mid-step: the weights are still those of state.step
+                    return ""
+                epoch, index, _ = step_batches[-1]
+                state.epoch, state.position = epoch, index + 1
+                state.step += 1
+                state.train_losses.append([state.step, loss])
+                state.train_seconds = time.perf_counter() - clock_origin
+                stop_early = self._validate_if_due(state)
+                progress.step_done(state, self._learning_rate())
+                if self.on_step is not None:
+                    self.on_step(state)
+                if state.step % self.config.save_every == 0:
+                    self.store.save(self.model, self.optimizer, self.scheduler, state)
+                if stop_early:
+                    return f"early stop: no improvement in {self.config.patience} validations"
+                if self.flag.requested:
+                    return ""
+            return ""
+        finally:
+            progress.close()
+
+    def _validate_if_due(self, state: LoopState) -> bool:
+        """Validate every eval_every steps and after the last; True when early stopping says stop."""
+        due = state.step % self.config.eval_every == 0 or state.step == self.total_steps
+        if not due:
+            return False
+        val, by_kind = self.validate()
+        state.last_val_by_kind = by_kind
+        return self._after_validation(state, val)
 
     def _step(self, batches: list[Batch]) -> float | None:
         """One optimizer step over accumulated micro-batches; None when a stop was requested first."""
@@ -298,21 +273,5 @@ class SFTLoop:
         self.scheduler.step()
         return total
 
-    # -- progress -------------------------------------------------------------------------
-
-    def _bar(self, state: LoopState) -> Any:
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
-        bar.set_postfix(self._postfix(state), refresh=False)
-        return bar
-
-    def _postfix(self, state: LoopState) -> dict[str, str]:
-        recent = [loss for _, loss in state.train_losses[-10:]]
-        out = {"loss": f"{sum(recent) / len(recent):.3f}" if recent else "-"}
-        if state.val_losses:
-            out["val"] = f"{state.val_losses[-1][1]:.3f}"
-        out["lr"] = f"{self.scheduler.get_last_lr()[0]:.1e}"
-        return out
+    def _learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
