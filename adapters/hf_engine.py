@@ -25,6 +25,7 @@ from adapters.prompt_fit import fit_to_context
 from adapters.system_turn_cache import SystemTurnCache
 from assistant.engine import AdapterInfo, EngineInfo, GenerationParams, Message, StreamStats
 from assistant.errors import GenerationFailed, UsageError
+from assistant.stop_text import StopText
 
 IM_END = "<|im_end|>"
 _DEFAULT_CONTEXT = 2048  # used only when the model config names no max_position_embeddings
@@ -161,7 +162,7 @@ class TransformersEngine:
             top_k = getattr(config, "top_k", None)
             if top_k:
                 processors.append(TopKLogitsWarper(int(top_k)))
-            top_p = getattr(config, "top_p", None)
+            top_p = params.top_p if params.top_p is not None else getattr(config, "top_p", None)
             if top_p is not None and top_p < 1.0:
                 processors.append(TopPLogitsWarper(float(top_p)))
         return processors
@@ -229,6 +230,11 @@ class TransformersEngine:
         """
         processors = self._processors(params)
         decoder = IncrementalDecoder(self._tokenizer)
+        stop = StopText(params.stop)
+        generator = None
+        if params.temperature > 0 and params.seed is not None:
+            generator = torch.Generator(device=self._device).manual_seed(params.seed)
+        stats.finish_reason = "length"
         sequence = torch.tensor([ids], device=self._device)
         step_input = sequence[:, done:]
         # Only the last position's logits are needed. An index tensor rather than the int 1:
@@ -237,6 +243,7 @@ class TransformersEngine:
         last: Any = torch.tensor([len(ids) - done - 1], device=self._device)
         for step in range(max_new):
             if cancel.is_set():
+                stats.finish_reason = "cancelled"
                 return  # held-back bytes are dropped: a cancelled answer may end mid-character
             try:
                 # inference_mode is thread-local, so it is entered per step rather than held
@@ -248,7 +255,7 @@ class TransformersEngine:
                     if processors:
                         logits = processors(sequence, logits)  # type: ignore[arg-type]  # int64 tensor is a LongTensor
                     if params.temperature > 0:
-                        token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+                        token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
                     else:
                         token = torch.argmax(logits, dim=-1, keepdim=True)
             except (RuntimeError, ValueError, AssertionError) as exc:
@@ -257,14 +264,18 @@ class TransformersEngine:
                 stats.first_token_s = time.perf_counter() - start
             token_id = int(token)
             if token_id in self._stop_ids:
+                stats.finish_reason = "stop"
                 break
             stats.new_tokens += 1
             if processors:  # only the repetition penalty needs the growing sequence
                 sequence = torch.cat([sequence, token], dim=1)
             step_input, last = token, 1  # one position from here on: nothing to slice
-            piece = decoder.push(token_id)
+            piece = stop.feed(decoder.push(token_id))
             if piece:
                 yield piece
-        tail = decoder.flush()
+            if stop.stopped:
+                stats.finish_reason = "stop"
+                return
+        tail = stop.feed(decoder.flush()) + stop.flush()
         if tail:
             yield tail

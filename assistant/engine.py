@@ -27,9 +27,16 @@ class GenerationParams:
 
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
-    #: Text the answer starts with, given to the model as its own first words and streamed first
-    #: (the session starts answers about the assistant in character this way).
+    #: Text the answer starts with, given to the model as its own first words and streamed first,
+    #: exactly, as the first piece (the session starts answers about the assistant in character,
+    #: and answers under a safety rule with the rule's words, this way).
     answer_prefix: str = ""
+    #: Nucleus sampling when temperature > 0 (None: the model's own generation config).
+    top_p: float | None = None
+    #: Seed for sampling when temperature > 0, so a seeded answer can be repeated (None: unseeded).
+    seed: int | None = None
+    #: The answer ends before the first of these strings (which is not shown).
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class StreamStats:
     truncated_prompt: bool = False
     first_token_s: float = 0.0
     total_s: float = 0.0
+    #: Why the answer ended: "stop" (end of answer or a stop string), "length" (max_new_tokens) or "cancelled".
+    finish_reason: str = "stop"
 
 
 class Engine(Protocol):

@@ -190,13 +190,28 @@ class HistoryStore:
         with self._lock:
             self._db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
 
-    def finish(self, message_id: int, content: str, *, stopped: bool = False, error: str | None = None) -> None:
-        """Save the final answer and mark it complete (stopped by the user, or cut short by `error`)."""
+    def finish(
+        self,
+        message_id: int,
+        content: str,
+        *,
+        stopped: bool = False,
+        error: str | None = None,
+        routing: dict[str, Any] | None = None,
+    ) -> None:
+        """Save the final answer and mark it complete (stopped by the user, or cut short by `error`).
+
+        `routing`, when given, replaces the saved routing record (it gains what is known only at the
+        end: the knowledge sources the answer was given).
+        """
         with self._lock:
             self._db.execute(
                 "UPDATE messages SET content = ?, stopped = ?, complete = 1, error = ? WHERE id = ?",
                 (content, int(stopped or error is not None), error, message_id),
             )
+            if routing is not None:
+                blob = json.dumps(routing, ensure_ascii=False)
+                self._db.execute("UPDATE messages SET routing = ? WHERE id = ?", (blob, message_id))
 
     def delete_message(self, message_id: int) -> None:
         """Forget one message (a question whose answer failed before it began goes back to the prompt)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,25 @@ def test_sampling_runs_and_differs_from_greedy_sometimes(engine: TransformersEng
     hot = GenerationParams(max_new_tokens=12, temperature=5.0)
     samples = {answer(engine, "alpha", hot) for _ in range(4)}
     assert len(samples) > 1
+
+
+def test_a_seeded_sample_repeats_and_top_p_one_token_is_greedy(engine: TransformersEngine) -> None:
+    hot = GenerationParams(max_new_tokens=12, temperature=5.0, seed=7)
+    assert answer(engine, "alpha", hot) == answer(engine, "alpha", hot)
+    assert len({answer(engine, "alpha", replace(hot, seed=s)) for s in range(4)}) > 1
+    # top_p this small keeps only the most likely token: sampling then equals greedy.
+    assert answer(engine, "alpha", replace(hot, top_p=1e-9)) == answer(engine, "alpha", GREEDY)
+
+
+def test_stop_strings_end_the_answer_before_them_and_length_is_reported(engine: TransformersEngine) -> None:
+    stats = StreamStats()
+    full = "".join(engine.stream(QUESTION, "alpha", GREEDY, stats=stats))
+    assert stats.finish_reason in ("length", "stop") and len(full) > 4
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    stopped_stats = StreamStats()
+    cut = "".join(engine.stream(QUESTION, "alpha", replace(GREEDY, stop=("\x00never", stop)), stats=stopped_stats))
+    assert cut == full[: full.index(stop)]
+    assert stopped_stats.finish_reason == "stop"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")

@@ -19,7 +19,7 @@ from assistant.tui import events
 from assistant.tui.actions import ConversationApp
 from assistant.tui.adapters_panel import AdaptersPanel
 from assistant.tui.commands import literal, parse
-from assistant.tui.format import routing_record
+from assistant.tui.format import routing_record, with_sources
 from assistant.tui.generation import SessionFactory, Turn, load_session, run_turn
 from assistant.tui.loading import LoadingPanel
 from assistant.tui.prompt import PromptInput
@@ -182,7 +182,10 @@ class ChatApp(ConversationApp):
 
     async def on_answer_done(self, message: events.AnswerDone) -> None:
         if answer := self._answers.get(message.turn.id):
-            await answer.finish("stopped" if message.done.stopped else "")
+            done = message.done
+            if (done.sources or done.withheld) and answer.record is not None:
+                answer.record = with_sources(answer.record, done)
+            await answer.finish("stopped" if done.stopped else "")
         self.query_one(StatusBar).rate = message.done.tokens_per_s
         await self._turn_ended(message.turn, "stopped" if message.done.stopped else "ready")
 

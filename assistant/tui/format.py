@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from assistant.session import RouteChosen
+from assistant.session import Done, RouteChosen
 
 #: Badge colour thresholds; "high" matches the sticky-routing rule (a follow-up switches route only at >= 0.90).
 HIGH = 0.90
@@ -22,6 +22,20 @@ def routing_record(chosen: RouteChosen) -> dict[str, Any]:
         warning=chosen.warning,
     )
     return record
+
+
+def with_sources(record: dict[str, Any], done: Done) -> dict[str, Any]:
+    """The routing record plus the knowledge entries the answer was given and how many sentences were withheld."""
+    passages = [{**p.as_json(), "text": p.text} for p in done.sources]
+    return {**record, "sources": passages, "withheld": done.withheld}
+
+
+def sources_text(record: dict[str, Any] | None) -> str:
+    """The line under an answer naming its knowledge entries ('' when it had none)."""
+    sources = (record or {}).get("sources") or []
+    if not sources:
+        return ""
+    return "sources: " + " · ".join(str(s["title"]) for s in sources)
 
 
 def confidence_level(record: dict[str, Any] | None) -> str:
@@ -55,7 +69,9 @@ def badge_text(record: dict[str, Any] | None, ending: str = "") -> str:
         if record.get("abstained"):
             parts.append(f"unsure ({record.get('predicted')}?)")
         text = "● " + " · ".join(parts)
-    return f"{text} · {ending}" if ending else text
+    text = f"{text} · {ending}" if ending else text
+    sources = sources_text(record)
+    return f"{text}\n  {sources}" if sources else text
 
 
 def route_score(record: dict[str, Any]) -> float:

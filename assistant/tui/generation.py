@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from textual.message import Message
 
@@ -22,7 +23,7 @@ from assistant.tui.events import (
     LoadProgress,
     SessionReady,
 )
-from assistant.tui.format import routing_record
+from assistant.tui.format import routing_record, with_sources
 
 SessionFactory = Callable[[Callable[[str], None]], ChatSession]
 Post = Callable[[Message], object]
@@ -66,12 +67,14 @@ def run_turn(
     """Answer one turn: save the answer as it streams, post each event up to the app."""
     flush_every = FLUSH_SECONDS if flush_every is None else flush_every
     answer_id: int | None = None
+    record: dict[str, Any] = {}
     pieces: list[str] = []
     last_flush = time.monotonic()
     try:
         for event in session.ask(turn.text, cancel=turn.cancel):
             if isinstance(event, RouteChosen):
                 choice = event.choice
+                record = routing_record(event)
                 answer_id = store.append(
                     turn.conversation_id,
                     "assistant",
@@ -79,7 +82,7 @@ def run_turn(
                     route=choice.route,
                     adapter=event.adapter,
                     confidence=choice.confidence,
-                    routing=routing_record(event),
+                    routing=record,
                     complete=False,
                     reply_to=turn.question_id,
                 )
@@ -92,7 +95,8 @@ def run_turn(
                     last_flush = time.monotonic()
             elif isinstance(event, Done):
                 if answer_id is not None:
-                    store.finish(answer_id, event.answer, stopped=event.stopped)
+                    routing = with_sources(record, event) if event.sources or event.withheld else None
+                    store.finish(answer_id, event.answer, stopped=event.stopped, routing=routing)
                 post(AnswerDone(turn, event))
             elif isinstance(event, Failed):
                 _save_failure(store, answer_id, event)

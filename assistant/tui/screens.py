@@ -91,6 +91,19 @@ def explain(question: str, record: dict[str, Any] | None) -> Content:
                     f"  {score:.3f}",
                 )
             )
+    sources = record.get("sources") or []
+    if sources:
+        lines += [Content(""), Content.from_markup("[b]Knowledge given to the model[/b]")]
+        for i, src in enumerate(sources, start=1):
+            lines.append(Content.assemble(f"  [{i}] ", (str(src["title"]), "bold"), f"  {float(src['score']):.2f}"))
+            lines.append(Content.assemble("      ", (str(src.get("source", "")), "dim")))
+            lines.append(Content(f"      {' '.join(str(src.get('text', '')).split())[:240]}"))
+    if record.get("withheld"):
+        lines.append(
+            Content(
+                f"The answer guard left out {record['withheld']} sentence(s) naming a medicine, dose, price or phone."
+            )
+        )
     nearest = record.get("nearest") or []
     if nearest:
         lines += [Content(""), Content.from_markup("[b]Nearest training examples[/b]")]

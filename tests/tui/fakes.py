@@ -21,7 +21,9 @@ FAKE_ADAPTERS = [
     AdapterInfo(
         "caregiving", "caregiving", "/fake/adapters/caregiving", "fake-base", "2025-11-20T08:00:00+00:00", 12_582_912
     ),
-    AdapterInfo("identity", "identity", "/fake/adapters/identity", "fake-base", "2025-11-21T09:30:00+00:00", 3_145_728),
+    AdapterInfo(
+        "gardening", "gardening", "/fake/adapters/gardening", "fake-base", "2025-11-21T09:30:00+00:00", 3_145_728
+    ),
 ]
 
 
@@ -52,7 +54,7 @@ class FakeEngine:
         self.release = threading.Event()
 
     def info(self) -> EngineInfo:
-        return EngineInfo("Qwen2.5-1.5B-Instruct", "4bit nf4", "cpu", "fake")
+        return EngineInfo("Qwen2.5-Coder-0.5B-Instruct", "4bit nf4", "cpu", "fake")
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters)

@@ -146,13 +146,13 @@ def test_adapter_command_forces_and_releases_the_route(make_app) -> None:
             assert answers(app)[0].query_one(RouteBadge).has_class("-forced")
 
             await send(pilot, "/adapter nope")
-            assert "no adapter named 'nope'" in notices(app) and "caregiving, identity" in notices(app)
+            assert "no adapter named 'nope'" in notices(app) and "caregiving, gardening" in notices(app)
             assert app.session.override == "base"
 
-            await send(pilot, "/adapter identity")
+            await send(pilot, "/adapter gardening")
             await send(pilot, MESSI)
             await answered(pilot, 2)
-            assert engine.calls[-1][1] == "identity"
+            assert engine.calls[-1][1] == "gardening"
 
             await send(pilot, "/adapter auto")
             assert app.session.override is None and app.query_one(StatusBar).mode == "auto"
@@ -172,7 +172,7 @@ def test_f4_cycles_routes_and_the_panel_forces_one(make_app) -> None:
             for _ in range(4):
                 await pilot.press("f4")
                 seen.append(app.session.override if app.session else "?")
-            assert seen == ["caregiving", "identity", "base", None]
+            assert seen == ["caregiving", "gardening", "base", None]
             options = app.query_one("#adapter-list", OptionList)
             options.focus()
             for _ in range(3):

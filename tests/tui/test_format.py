@@ -103,3 +103,21 @@ def test_why_says_when_an_answer_starts_in_character() -> None:
     assert "starts in character" in explain("你是谁", record).plain
     plain = routing_record(RouteChosen(RouteChoice("general", None, 0.9, 0.8, ()), None))
     assert "starts in character" not in explain("今天天气", plain).plain
+
+
+def test_an_answer_with_knowledge_names_its_sources_under_the_badge_and_in_why() -> None:
+    from assistant.knowledge import Passage
+    from assistant.session import Done
+    from assistant.tui.format import badge_text, with_sources
+    from assistant.tui.screens import explain
+    from data.knowledge import KnowledgeEntry
+
+    entry = KnowledgeEntry("falls", "老人跌倒后的处理", "After a fall", "公开照护指南", "先别急着扶起。", "", "x.md")
+    done = Done("answer", 3, 10.0, 1.0, sources=(Passage(entry, 0.91, "zh"),), withheld=1)
+    record = with_sources({"route": "caregiving", "adapter": "caregiving", "confidence": 0.95}, done)
+
+    assert badge_text(record).splitlines()[1].strip() == "sources: 老人跌倒后的处理"
+    why = explain("老人摔倒了怎么办", record).plain
+    assert "Knowledge given to the model" in why and "公开照护指南" in why and "先别急着扶起。" in why
+    assert "left out 1 sentence" in why
+    assert "sources" not in badge_text({"route": "general", "adapter": None, "confidence": 0.9})

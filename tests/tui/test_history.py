@@ -185,3 +185,14 @@ def test_version_1_database_is_upgraded(db_path: Path) -> None:
         assert store.load(1)[-1].reply_to == 1
     finally:
         store.close()
+
+
+def test_finish_can_replace_the_routing_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from assistant.history import HistoryStore
+
+    store = HistoryStore(tmp_path / "h.db")
+    conversation = store.create("t")
+    answer = store.append(conversation, "assistant", "", routing={"route": "caregiving"}, complete=False)
+    store.finish(answer, "done", routing={"route": "caregiving", "sources": [{"id": "falls"}]})
+    (saved,) = [m for m in store.load(conversation) if m.id == answer]
+    assert saved.content == "done" and saved.routing == {"route": "caregiving", "sources": [{"id": "falls"}]}
