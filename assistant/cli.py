@@ -5,23 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from assistant.config import setting_help
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("models")
     g.add_argument("--config", type=Path, help="settings file (TOML); default ~/.config/yijia-assistant/config.toml")
-    g.add_argument("--base", help="base model: 'bundled', a Hugging Face id, a local folder or a .gguf file")
-    g.add_argument("--bf16", action="store_true", help="load the base in bf16 instead of 4-bit NF4")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: CUDA when present)")
-    g.add_argument("--encoder", help="sentence encoder: 'bundled' or a sentence-transformers id/folder")
-    g.add_argument("--adapters-dir", type=Path, help="folder of adapters (default: the repo's adapters/)")
-    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    g.add_argument("--base", help=setting_help("base"))
+    g.add_argument("--bf16", action="store_true", help="quantization = 'bf16': load the base without 4-bit NF4")
+    g.add_argument("--device", help=setting_help("device"))
+    g.add_argument("--encoder", help=setting_help("encoder"))
+    g.add_argument(
+        "--adapters-dir", type=Path, help="the one adapter store, searched and trained into (replaces adapter_dirs)"
+    )
+    g.add_argument("--threads", type=int, help=setting_help("threads"))
 
 
 def _generation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="auto", help="auto (default) | base | an adapter name: force a route")
-    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 256)")
-    parser.add_argument("--system", help="system prompt (default: the assistant's identity)")
-    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, help=setting_help("max_new_tokens"))
+    parser.add_argument("--system", help=setting_help("system_prompt"))
+    parser.add_argument("--temperature", type=float, help=setting_help("temperature"))
 
 
 def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.ArgumentParser:

@@ -20,15 +20,14 @@ def log(message: str) -> None:
 
 
 def _recipe_options(parser: argparse.ArgumentParser) -> None:
-    """--config is the training recipe here; the app's settings file moves to --settings."""
+    """--recipe is the training recipe (YAML); --config stays the app's settings file, as in every command."""
     parser.add_argument(
-        "--config",
+        "--recipe",
         dest="train_config",
         type=Path,
         metavar="FILE.yaml",
         help="training recipe (default: training/configs/default.yaml; see training/configs/)",
     )
-    parser.add_argument("--settings", dest="config", type=Path, metavar="FILE.toml", help="the app's settings file")
     g = parser.add_argument_group("recipe overrides")
     g.add_argument("--epochs", type=float, help="passes over the training data")
     g.add_argument("--max-steps", type=int, help="cap on optimizer steps (0 = epochs decide)")
@@ -54,10 +53,8 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     train = subparsers.add_parser("train", help="train adapters (QLoRA), identity answers, the router")
     sub = train.add_subparsers(dest="train_command", metavar="WHAT", required=True)
 
-    # conflict_handler="resolve": add_common's --config (settings) gives way to the recipe's --config.
     adapter = sub.add_parser(
         "adapter",
-        conflict_handler="resolve",
         help="fine-tune a LoRA adapter (QLoRA) from a JSONL file",
         description="Train adapters/NAME from JSON Lines ({'messages': [...]} or {'prompt', 'response'}), "
         "with identity pairs mixed in, validation + early stopping, checkpoints, a loss plot and a manifest.",
@@ -72,7 +69,6 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
 
     identity = sub.add_parser(
         "identity",
-        conflict_handler="resolve",
         help="refresh identity answers in installed adapters (or export the identity pairs)",
         description="Identity facts live in data/identity.yaml and expand through data/identity_templates.yaml. "
         "Identity is mixed into every adapter's training; this command retrains the adapters named by --into "
