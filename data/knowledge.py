@@ -89,21 +89,25 @@ def _sections(body: str) -> dict[str, str]:
 
 
 def load_knowledge(folders: Iterable[Path]) -> list[KnowledgeEntry]:
-    """Every entry in the given folders (missing folders hold none); ids must be unique across them."""
-    entries: list[KnowledgeEntry] = []
-    seen: dict[str, str] = {}
+    """Every entry in the given folders (missing folders hold none).
+
+    Ids are unique within a folder; an entry in a later folder replaces the same id from an earlier
+    one (an adapter's own knowledge/ may update the product's entries).
+    """
+    entries: dict[str, KnowledgeEntry] = {}
     for folder in folders:
         if not Path(folder).is_dir():
             continue
+        here: dict[str, str] = {}
         for path in sorted(Path(folder).glob("*.md")):
             if path.name.upper() == "README.MD":
                 continue
             entry = read_entry(path)
-            if entry.id in seen:
-                raise BadInputFile(str(path), 1, f"id {entry.id!r} is already used by {seen[entry.id]}")
-            seen[entry.id] = str(path)
-            entries.append(entry)
-    return entries
+            if entry.id in here:
+                raise BadInputFile(str(path), 1, f"id {entry.id!r} is already used by {here[entry.id]}")
+            here[entry.id] = str(path)
+            entries[entry.id] = entry
+    return list(entries.values())
 
 
 def knowledge_folders(route: str, adapter_path: str | None = None) -> list[Path]:

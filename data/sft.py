@@ -11,7 +11,10 @@ from pathlib import Path
 from data.errors import BadInputFile
 
 ROLES = ("system", "user", "assistant")
-FORMAT_HINT = 'each line is {"messages": [{"role": "user", "content": ...}, ...]} or {"prompt": ..., "response": ...}'
+FORMAT_HINT = (
+    'each line is {"messages": [{"role": "user", "content": ...}, ...]}, {"prompt": ..., "response": ...} '
+    'or, with --knowledge, {"question": ..., "answer": ..., "entries": [knowledge entry ids]}'
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class SFTSample:
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs, in order
     source: str = ""
     kind: str = "domain"  # "domain" for the user's file, "identity" for generated identity pairs
+    #: Knowledge entry ids the answer is grounded in (grounded lines only); training puts those
+    #: entries, plus a distractor, into the user turn exactly as the product does at answer time.
+    context: tuple[str, ...] = ()
+    grounded: bool = False  # a {"question", "answer", "entries"} line: answered from knowledge passages
 
     def as_messages(self) -> list[dict[str, str]]:
         """The conversation as chat-template dicts."""
@@ -86,6 +93,13 @@ def parse_sft_line(text: str, path: Path, line: int) -> SFTSample:
         if obj.get("system") is not None:
             turns = (("system", _text(obj["system"], '"system"', path, line)), *turns)
         return SFTSample(turns, source)
+    if "question" in obj or "answer" in obj:
+        question = _text(obj.get("question"), '"question"', path, line)
+        answer = _text(obj.get("answer"), '"answer"', path, line)
+        entries = obj.get("entries", [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+            raise BadInputFile(str(path), line, '"entries" must be a list of knowledge entry ids', FORMAT_HINT)
+        return SFTSample((("user", question), ("assistant", answer)), source, context=tuple(entries), grounded=True)
     raise BadInputFile(str(path), line, 'neither "messages" nor "prompt"/"response" found', FORMAT_HINT)
 
 

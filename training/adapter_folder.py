@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.cache import swap_in
 from adapters.registry import ROUTE_EXAMPLES, write_manifest
 from assistant.config import REPO_ROOT
+from data.knowledge import KNOWLEDGE_DIR, KnowledgeEntry
 from training import router_refit
 from training.identity_probe import summary
 from training.job_inputs import AdapterJob, JobInputs
@@ -90,13 +91,29 @@ def write_records(folder: Path, facts: ManifestFacts) -> None:
     save_loss_plot(folder / LOSS_PLOT, state.train_losses, state.val_losses, title, state.best_step)
     if job.route is not None:
         router_refit.write_route_examples(folder / ROUTE_EXAMPLES, facts.inputs.route_texts, facts.inputs.route)
+    copy_knowledge(folder, facts.inputs.knowledge, facts.inputs.route)
     write_manifest(folder, **manifest_fields(facts))
+
+
+def copy_knowledge(folder: Path, entries: list[KnowledgeEntry], route: str) -> None:
+    """Ship the entries the adapter was trained to answer from in its knowledge/ folder.
+
+    The product's own entries for the route (data/knowledge/ROUTE/) are found at run time anyway,
+    so only entries from elsewhere are copied.
+    """
+    own = (KNOWLEDGE_DIR / route).resolve()
+    outside = [e for e in entries if Path(e.path).resolve().parent != own]
+    if not outside:
+        return
+    (folder / "knowledge").mkdir()
+    for entry in outside:
+        shutil.copyfile(entry.path, folder / "knowledge" / Path(entry.path).name)
 
 
 def install(folder: Path, final: Path) -> None:
     """Swap the finished folder in (the old adapter and the checkpoints go); a crash leaves the old one."""
-    for path in folder.iterdir():  # temp-file writers create 0600 files; adapters are shared, readable data
-        path.chmod(0o644)
+    for path in folder.rglob("*"):  # temp-file writers create 0600 files; adapters are shared, readable data
+        path.chmod(0o755 if path.is_dir() else 0o644)
     swap_in(folder, final)
 
 
@@ -128,6 +145,11 @@ def manifest_fields(facts: ManifestFacts) -> dict[str, Any]:
             "during_training": [[s, _num(v)] for s, v in state.val_losses],
         },
         "fingerprint": run.fingerprint,
+        "knowledge": {
+            "dir": relative_to_repo(job.knowledge) if job.knowledge else None,
+            "entries": len(facts.inputs.knowledge),
+            "grounded_samples": sum(s.grounded for s in facts.inputs.domain),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         **job.extra,
     }

@@ -65,6 +65,13 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     adapter.add_argument("--route", help="teach the router this route (default: no routing; route = NAME)")
     adapter.add_argument("--route-examples", type=Path, help="texts for --route (default: the data's prompts)")
     adapter.add_argument("--no-identity", action="store_true", help="do not mix the identity pairs in")
+    adapter.add_argument(
+        "--knowledge",
+        type=Path,
+        metavar="DIR",
+        help="knowledge entries (Markdown, see data/knowledge/README.md): grounded data lines get their passages "
+        "from here, and the entries ship in the adapter's knowledge/ folder",
+    )
     _recipe_options(adapter)
 
     identity = sub.add_parser(
@@ -129,6 +136,7 @@ def run_train_adapter(args: Any, settings: Settings) -> int:
         config=config,
         route=args.route,
         route_examples=args.route_examples,
+        knowledge=args.knowledge,
         force=args.force,
         resume=args.resume,
         config_file=config_file,

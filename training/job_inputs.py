@@ -9,9 +9,11 @@ from typing import Any
 from adapters.registry import NAME_PATTERN, install_target, scan_adapters
 from assistant.config import Settings
 from assistant.errors import UsageError
+from data.knowledge import KnowledgeEntry, load_knowledge
 from data.sft import SFTSample, load_sft_file
 from training import router_refit
 from training.config import TrainConfig
+from training.grounding import ground_samples
 from training.identity_data import identity_samples
 
 RESERVED_ROUTES = ("general", "base", "auto")
@@ -27,6 +29,7 @@ class AdapterJob:
     route: str | None = None  # None: route = name, and the router is not taught about it
     route_examples: Path | None = None
     route_texts: tuple[str, ...] | None = None  # pre-read examples (train identity keeps the old ones)
+    knowledge: Path | None = None  # knowledge entries grounded data lines are answered from
     force: bool = False
     resume: bool = False
     config_file: str = ""
@@ -42,6 +45,7 @@ class JobInputs:
     identity: list[SFTSample]  # identity pairs mixed in (empty when the recipe turns identity off)
     route: str
     route_texts: list[str]  # taught to the router; empty when the job does not touch routing
+    knowledge: list[KnowledgeEntry] = field(default_factory=list)  # entries shipped in the adapter's knowledge/
 
 
 def check_name(value: str, what: str) -> str:
@@ -65,7 +69,19 @@ def preflight(job: AdapterJob, settings: Settings) -> JobInputs:
                 f"retrain that adapter (--name {adapter.name}) or choose another --route",
             )
     identity = identity_samples(job.config.identity_samples, job.config.seed) if job.config.identity else []
-    return JobInputs(domain, identity, route, _route_texts(job, route, domain))
+    route_texts = _route_texts(job, route, domain)  # the questions themselves, before any passages are added
+    entries: list[KnowledgeEntry] = []
+    if job.knowledge is not None:
+        entries = load_knowledge([job.knowledge])
+        if not entries:
+            raise UsageError(f"no knowledge entries in {job.knowledge}", "see data/knowledge/README.md for the format")
+        domain = ground_samples(domain, entries, settings.knowledge_passages, job.config.seed)
+    elif any(s.grounded for s in domain):
+        raise UsageError(
+            f"{job.data_file} has grounded lines (question, answer, entries)",
+            "pass --knowledge DIR with the entries they name",
+        )
+    return JobInputs(domain, identity, route, route_texts, entries)
 
 
 def _route_texts(job: AdapterJob, route: str, domain: list[SFTSample]) -> list[str]:
