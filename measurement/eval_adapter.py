@@ -160,6 +160,13 @@ def run_adapter_eval(args: Any, settings: Settings, log: Callable[[str], None]) 
         raise UsageError("--samples and --limit must be >= 0, --max-length >= 8")
     adapter = _find_adapter(settings, args.name)
     samples = load_sft_file(args.data)  # BadInputFile (exit 2, file:line) on a malformed line
+    if args.knowledge is not None:  # the passages the product would give, laid out as in training
+        from data.knowledge import load_knowledge
+        from training.grounding import ground_samples
+
+        samples = ground_samples(samples, load_knowledge([args.knowledge]), settings.knowledge_passages)
+    elif any(s.grounded for s in samples):
+        raise UsageError(f"{args.data} has grounded lines (question, answer, entries)", "pass --knowledge DIR")
     if args.limit and len(samples) > args.limit:
         log(f"scoring the first {args.limit} of {len(samples)} examples (--limit)")
         samples = samples[: args.limit]

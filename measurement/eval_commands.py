@@ -44,6 +44,12 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     adapter.add_argument("--limit", type=int, default=64, help="score at most N examples (default 64; 0 = all)")
     adapter.add_argument("--max-new-tokens", type=int, help="longest sample answer (default 128)")
     adapter.add_argument("--system", help="system prompt (default: the assistant's identity)")
+    adapter.add_argument(
+        "--knowledge",
+        type=Path,
+        metavar="DIR",
+        help="knowledge entries for grounded data lines (as `train adapter --knowledge`)",
+    )
     adapter.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     register_identity_eval(sub, add_common)
