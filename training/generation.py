@@ -104,6 +104,6 @@ def autocast_context(device: str, setting: str = "auto") -> Any:
 
 
 def _cpu_bf16() -> bool:
-    from adapters.base_model import cpu_has_avx512_bf16
+    from adapters.device import cpu_has_avx512_bf16
 
     return cpu_has_avx512_bf16()
