@@ -56,15 +56,18 @@ class AnswerPolicy:
     def routes_with_knowledge(self) -> list[str]:
         return sorted(self._knowledge)
 
-    def prepare(self, question: str, route: str) -> Prepared:
-        """Apply the rules to `question` on `route`: lead, passages and guard for its answer."""
+    def prepare(self, question: str, route: str, about_assistant: bool = False) -> Prepared:
+        """Apply the rules to `question` on `route`: lead, passages and guard for its answer.
+
+        A question about the assistant itself is answered from the identity, not the knowledge base.
+        """
         asks = classify(question)
         lead = lead_for(question, asks)
         lang = language_of(question)
         index = self._knowledge.get(route)
         passages: tuple[Passage, ...] = ()
         user_turn = question
-        if index is not None and not (lead and lead.complete):
+        if index is not None and not about_assistant and not (lead and lead.complete):
             passages = tuple(index.search(question, lang))
             user_turn = context_turn(question, passages, lang)
             if not passages:
