@@ -11,6 +11,7 @@ from typing import Any
 
 from assistant.config import Settings
 from assistant.errors import UsageError
+from measurement.eval_compare import register_compare, run_compare
 from measurement.eval_identity import register_identity_eval, run_identity_eval
 from measurement.eval_safety import register_safety_eval, run_safety_eval
 
@@ -54,6 +55,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
 
     register_identity_eval(sub, add_common)
     register_safety_eval(sub, add_common)
+    register_compare(sub, add_common)
 
 
 def _log(message: str) -> None:
@@ -92,4 +94,6 @@ def run(args: Any, settings: Settings) -> int:
         return run_identity_eval(args, settings)
     if what == "safety":
         return run_safety_eval(args, settings)
+    if what == "compare":
+        return run_compare(args, settings)
     raise UsageError(f"unknown eval command {what!r}")
