@@ -79,7 +79,8 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train, val = _tokenized_splits(inputs, tokenizer, system, cfg, log)
 
-    data_sum = sha256_file(Path(job.data_file))
+    # Grounded samples carry their passages: the knowledge entries are part of what was trained on.
+    data_sum = samples_checksum(inputs.domain) if inputs.knowledge else sha256_file(Path(job.data_file))
     identity_sum = samples_checksum(inputs.identity)
     fingerprint = job_fingerprint(cfg, data_sum, identity_sum, loaded.checksum, system)
     model = lora_model(loaded, cfg)
