@@ -20,7 +20,12 @@ from assistant.config import Settings, load_settings  # noqa: E402
 from assistant.errors import USER_ERRORS, UsageError  # noqa: E402
 
 #: Modules that add sub-commands: each has register(subparsers, add_common) and run(args, settings) -> int.
-COMMAND_MODULES = ("training.commands", "measurement.eval_commands", "measurement.bench_command")
+COMMAND_MODULES = (
+    "training.commands",
+    "measurement.eval_commands",
+    "measurement.bench_command",
+    "adapters.vllm_command",
+)
 
 
 def log(message: str) -> None:
@@ -44,6 +49,8 @@ def settings_from(args: Any) -> Settings:
         max_new_tokens=getattr(args, "max_new_tokens", None),
         temperature=getattr(args, "temperature", None),
         system_prompt=getattr(args, "system", None),
+        engine=getattr(args, "engine", None),
+        engine_url=getattr(args, "engine_url", None),
     )
 
 

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from assistant.config import BUNDLED, Settings
 from assistant.encoders import Encoder, SentenceTransformerEncoder
-from assistant.engine import AdapterInfo, GenerationParams
+from assistant.engine import AdapterInfo, Engine, GenerationParams
+from assistant.errors import ModelUnavailable, UsageError
 
 if TYPE_CHECKING:
     from adapters.base_model import LoadedBase
     from adapters.hf_engine import TransformersEngine
+    from adapters.openai_engine import OpenAIEngine
     from assistant.answer_policy import AnswerPolicy
     from assistant.router import Router
     from assistant.session import ChatSession
@@ -114,6 +116,12 @@ def build_engine_parts(
     from adapters.hf_engine import TransformersEngine
     from adapters.inference_tuning import tune_for_inference
 
+    if settings.engine != "local":
+        # Raw forward passes (validation loss, speed prototypes) need the model in this process.
+        raise UsageError(
+            f"this command measures the local model; engine {settings.engine!r} does not apply here",
+            'run it without --engine vllm (and without engine = "vllm" in the settings file)',
+        )
     started = time.perf_counter()
     loaded = load_base(settings, progress=show_progress)
     tuning = prepare(loaded.model) if prepare else tune_for_inference(loaded.model, loaded.info, settings)
@@ -128,9 +136,32 @@ def build_engine_parts(
     return BuiltEngine(loaded, engine, time.perf_counter() - started, tuning)
 
 
-def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> TransformersEngine:
-    """The shared base with every installed adapter attached, ready to stream."""
+def build_engine(settings: Settings, progress: Callable[[str], None] = log) -> Engine:
+    """The engine the settings choose: the local base with every installed adapter attached, or a vLLM server."""
+    if settings.engine == "vllm":
+        return build_server_engine(settings, progress)
     return build_engine_parts(settings, progress).engine
+
+
+def build_server_engine(settings: Settings, progress: Callable[[str], None] = log) -> OpenAIEngine:
+    """An engine over the vLLM server at engine_url, or the one `vllm start` left running; the router stays here."""
+    from adapters.openai_engine import OpenAIEngine
+    from adapters.vllm_server import engine_api_key, recorded_url
+
+    url = settings.engine_url or recorded_url()
+    if url is None:
+        raise ModelUnavailable(
+            "engine 'vllm' is chosen, but no vLLM server is running and engine_url is not set",
+            "start one with `python main.py vllm start`, or give --engine-url",
+        )
+    progress(f"using the vLLM server at {url}")
+    return OpenAIEngine(
+        url,
+        settings.adapter_dirs,
+        api_key=engine_api_key(settings),
+        repetition_penalty=settings.repetition_penalty,
+        warn=lambda m: progress(f"warning: {m}"),
+    )
 
 
 def system_prompt(settings: Settings) -> str:

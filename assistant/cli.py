@@ -19,6 +19,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--adapters-dir", type=Path, help="the one adapter store, searched and trained into (replaces adapter_dirs)"
     )
     g.add_argument("--threads", type=int, help=setting_help("threads"))
+    g.add_argument("--engine", choices=("local", "vllm"), help=setting_help("engine"))
+    g.add_argument("--engine-url", help=setting_help("engine_url"))
 
 
 def _generation(parser: argparse.ArgumentParser) -> None:

@@ -121,6 +121,21 @@ class Settings:
     knowledge_passages: int = field(
         default=2, metadata={"help": "knowledge entries given to the model per question, at most", "above": 0}
     )
+    engine: str = field(
+        default="local",
+        metadata={
+            "help": "'local' (the model in this process) or 'vllm' (an OpenAI-compatible vLLM server)",
+            "choices": ("local", "vllm"),
+        },
+    )
+    engine_url: str | None = field(
+        default=None,
+        metadata={"help": "the vLLM server's URL, e.g. http://127.0.0.1:8011; default: the one `vllm start` ran"},
+    )
+    engine_api_key: str | None = field(
+        default=None,
+        metadata={"help": "bearer key for the vLLM server; default: $YIJIA_ENGINE_API_KEY"},
+    )
 
     def __post_init__(self) -> None:
         # Values from code are checked by the same rules as a settings file, and normalised (str -> Path, int -> float).
