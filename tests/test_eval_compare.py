@@ -16,7 +16,7 @@ def test_questions_come_from_question_or_prompt_and_a_bad_line_is_named(tmp_path
     assert _questions(good, 0) == ["a", "b", "c"] and _questions(good, 2) == ["a", "b"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a"}\n{"answer": "x"}\n', encoding="utf-8")
-    with pytest.raises(UsageError, match="bad.jsonl:2"):
+    with pytest.raises(UsageError, match=r"bad\.jsonl:2"):
         _questions(bad, 0)
 
 
