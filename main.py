@@ -133,12 +133,50 @@ def cmd_chat(args: Any, settings: Settings) -> int:
     return run_tui(factory, initial_adapter=getattr(args, "adapter", "auto"))
 
 
+def serve_loader(settings: Settings) -> Callable[[Callable[[str], None]], Any]:
+    """The models behind `serve`: one router, one engine and one answer policy, shared by every request's session."""
+
+    def load(progress: Callable[[str], None]) -> Any:
+        from adapters.wiring import build_encoder, build_engine, build_router, build_session
+        from assistant.server import SerialEncoder
+
+        # A /v1/route request may encode while another request's answer is being prepared.
+        encoder = SerialEncoder(build_encoder(settings))
+        progress("loading the router…")
+        router = build_router(settings, progress=progress, encoder=encoder)
+        progress("loading the base model and adapters…")
+        engine = build_engine(settings, progress)
+        session = build_session(
+            settings, keep_history=True, sticky=False, progress=progress, router=router, engine=engine
+        )
+        progress("ready")
+        return session
+
+    return load
+
+
+def cmd_serve(args: Any, settings: Settings) -> int:
+    from assistant.server import ServeOptions, serve
+
+    settings = settings.with_overrides(
+        serve_host=args.host,
+        serve_port=args.port,
+        serve_queue=args.queue,
+        serve_max_body_mb=args.max_body_mb,
+        serve_max_tokens=args.max_tokens,
+        serve_log_questions=args.log_questions,
+    )
+    options = ServeOptions.from_settings(settings, api_key=args.api_key, cors_origins=args.cors_origin or ())
+    return serve(serve_loader(settings), options, log)
+
+
 COMMANDS: dict[str, Callable[[Any, Settings], int]] = {
     "ask": cmd_ask,
     "route": cmd_route,
     "adapters": cmd_adapters,
     "prepare": cmd_prepare,
     "chat": cmd_chat,
+    "serve": cmd_serve,
 }
 
 

@@ -30,6 +30,34 @@ def _generation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help=setting_help("temperature"))
 
 
+def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API (chat completions, models, route, health) for other apps",
+        description="Serve the routed assistant over the OpenAI chat API: POST /v1/chat/completions (streaming "
+        "or not), GET /v1/models, POST /v1/route, GET /health. See docs/CLI.md.",
+    )
+    _common(serve)
+    serve.add_argument("--host", help=setting_help("serve_host"))
+    serve.add_argument("--port", type=int, help=setting_help("serve_port"))
+    serve.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on /v1/ (default: $YIJIA_API_KEY; the variable keeps it out of ps)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN call the API (repeatable; default: no CORS)",
+    )
+    serve.add_argument("--queue", type=int, help=setting_help("serve_queue"))
+    serve.add_argument("--max-body-mb", type=float, help=setting_help("serve_max_body_mb"))
+    serve.add_argument("--max-tokens", type=int, help=setting_help("serve_max_tokens"))
+    serve.add_argument("--log-questions", action="store_true", default=None, help=setting_help("serve_log_questions"))
+    serve.add_argument("--max-new-tokens", type=int, help="answer length when a request gives no max_tokens")
+    serve.add_argument("--temperature", type=float, help="temperature when a request gives none")
+
+
 def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.ArgumentParser:
     """The full parser. `extra` lets training/eval/bench add their sub-commands without importing torch."""
     parser = argparse.ArgumentParser(
@@ -63,6 +91,8 @@ def build_parser(extra: list[tuple[str, object]] | None = None) -> argparse.Argu
         "prepare", help="convert and cache the bundled models (run once; the other commands do it too)"
     )
     _common(prepare)
+
+    _serve(sub)
 
     for _name, register in extra or []:
         register(sub, _common)  # type: ignore[operator]

@@ -136,6 +136,32 @@ class Settings:
         default=None,
         metadata={"help": "bearer key for the vLLM server; default: $YIJIA_ENGINE_API_KEY"},
     )
+    serve_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "address `serve` listens on; any other than loopback needs an API key ($YIJIA_API_KEY)",
+            "non_empty": True,
+        },
+    )
+    serve_port: int = field(
+        default=8000, metadata={"help": "port `serve` listens on (0: any free port)", "at_least": 0}
+    )
+    serve_queue: int = field(
+        default=16,
+        metadata={
+            "help": "requests `serve` keeps waiting for the model; one more gets 503 + Retry-After",
+            "at_least": 0,
+        },
+    )
+    serve_max_body_mb: float = field(
+        default=4.0, metadata={"help": "largest request body `serve` reads, in MB (bigger: 413)", "above": 0}
+    )
+    serve_max_tokens: int = field(
+        default=1024, metadata={"help": "most new tokens one `serve` request may ask for (more is clamped)", "above": 0}
+    )
+    serve_log_questions: bool = field(
+        default=False, metadata={"help": "put each question's text in `serve`'s request log (default: never)"}
+    )
 
     def __post_init__(self) -> None:
         # Values from code are checked by the same rules as a settings file, and normalised (str -> Path, int -> float).

@@ -58,6 +58,10 @@ class Done:
     sources: tuple[Passage, ...] = ()
     #: Sentences the answer guard left out (a medicine not asked about, a dose, a price, a phone number).
     withheld: int = 0
+    #: Tokens of the prompt the engine read (0 when the rules answered alone, without the model).
+    prompt_tokens: int = 0
+    #: Why the answer ended, from the engine: "stop", "length" (max_new_tokens) or "cancelled".
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -163,8 +167,14 @@ class ChatSession:
             choice = replace(choice, route=route, adapter=adapter)
         return RouteChosen(choice, adapter, sticky=sticky, warning=warning)
 
-    def ask(self, text: str, cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Route `text`, stream the answer, and remember the turn (even a stopped one)."""
+    def ask(
+        self, text: str, cancel: threading.Event | None = None, params: GenerationParams | None = None
+    ) -> Iterator[Event]:
+        """Route `text`, stream the answer, and remember the turn (even a stopped one).
+
+        `params` replaces the session's own sampling settings for this answer only (a server
+        request's max_tokens, temperature, top_p, seed and stop).
+        """
         start = time.perf_counter()
         try:
             chosen = self.choose(text)
@@ -183,7 +193,7 @@ class ChatSession:
         if self.system_prompt:
             messages.insert(0, Message("system", self.system_prompt))
         messages.append(Message("user", prepared.user_turn if prepared else text))
-        params = self.params
+        params = params or self.params
         if lead:
             params = replace(params, answer_prefix=lead.text)
         elif chosen.choice.about_assistant and self.answer_prefix is not None:
@@ -212,7 +222,19 @@ class ChatSession:
         self._remember(text, answer, chosen)
         sources = prepared.passages if prepared else ()
         withheld = len(prepared.guard.dropped) if prepared else 0
-        yield Done(answer, stats.new_tokens, elapsed * 1000.0, rate, stopped, stats.truncated_prompt, sources, withheld)
+        yield Done(
+            answer,
+            stats.new_tokens,
+            elapsed * 1000.0,
+            rate,
+            stopped,
+            stats.truncated_prompt,
+            sources,
+            withheld,
+            prompt_tokens=stats.prompt_tokens,
+            # A cancel the engine saw only while waiting for its lock leaves the default reason.
+            finish_reason="cancelled" if stopped else stats.finish_reason,
+        )
 
     def _remember(self, text: str, answer: str, chosen: RouteChosen) -> None:
         """Keep the turn (the user's own words, not the passages they were sent with) and its route."""

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Each room and the rooms it may import (itself included). Lower rooms never import higher ones;
-#: only main.py wires the TUI in, and nothing imports main.py.
+#: only main.py wires the shells (TUI, HTTP server) in, and nothing imports main.py.
 ALLOWED: dict[str, frozenset[str]] = {
     "data": frozenset({"data"}),
     "assistant": frozenset({"assistant", "data"}),
     "assistant.tui": frozenset({"assistant.tui", "assistant", "data"}),
+    "assistant.server": frozenset({"assistant.server", "assistant", "data"}),
     "adapters": frozenset({"adapters", "assistant", "data"}),
     "training": frozenset({"training", "adapters", "assistant", "data"}),
     "measurement": frozenset({"measurement", "training", "adapters", "assistant", "data"}),
-    "main": frozenset({"main", "measurement", "training", "adapters", "assistant.tui", "assistant", "data"}),
+    "main": frozenset(
+        {"main", "measurement", "training", "adapters", "assistant.tui", "assistant.server", "assistant", "data"}
+    ),
 }
 ROOMS = ("data", "assistant", "adapters", "training", "measurement")
 
@@ -24,8 +27,9 @@ def room_of(module: str) -> str | None:
     """The room a dotted module name belongs to (None: not ours: stdlib or third party)."""
     if module == "main" or module.startswith("main."):
         return "main"
-    if module == "assistant.tui" or module.startswith("assistant.tui."):
-        return "assistant.tui"
+    for shell in ("assistant.tui", "assistant.server"):
+        if module == shell or module.startswith(shell + "."):
+            return shell
     top = module.split(".")[0]
     return top if top in ROOMS else None
 

@@ -204,6 +204,10 @@ def markdown(r: dict[str, Any]) -> str:
             "process on a freshly loaded base (never one that served inference).",
             "",
         ]
+    if "serve" in r:
+        from measurement.bench.serve_bench import markdown_rows
+
+        out += markdown_rows(r["serve"])
     if g.get("profile"):
         out += ["## Where decode time goes", "", *_profile_rows(g["profile"]), ""]
     return "\n".join(out)
@@ -253,6 +257,12 @@ def snippet(r: dict[str, Any]) -> str:
             f"{_x(a['ten_merged_vs_ten_adapters'], 1)} the adapters |",
             f"| adapter switch (set_adapter) p50 | {a['switch_ms_p50']:.1f} ms | |",
         ]
+    busiest = max(r.get("serve", {}).get("levels", []), key=lambda level: level["clients"], default=None)
+    if busiest:
+        rows.append(
+            f"| serve, {busiest['clients']} concurrent clients: latency p50 / p95 | "
+            f"{busiest['latency_ms_p50'] / 1000:.1f} / {busiest['latency_ms_p95'] / 1000:.1f} s | |"
+        )
     if "skipped" not in t:
         rows.append(
             f"| QLoRA training, {t['batch']} x {t['seq_len']} tokens | {t['s_per_step']:.1f} s/step, "

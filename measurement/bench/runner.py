@@ -31,6 +31,8 @@ class BenchOptions:
     adapters: int
     train_steps: int
     train_seq_len: int
+    #: Concurrent clients the serve part measures (none: skipped).
+    serve_clients: tuple[int, ...] = (1, 4, 16)
 
     @classmethod
     def full(cls) -> BenchOptions:
@@ -58,6 +60,7 @@ class BenchOptions:
             adapters=2,
             train_steps=0,
             train_seq_len=256,
+            serve_clients=(),
         )
 
 
@@ -196,6 +199,13 @@ def run_bench(settings: Settings, options: BenchOptions, log: Callable[[str], No
     else:
         result["training"] = {"skipped": "quick mode (run without --quick for the training cost)"}
         notes.append("training cost skipped (quick mode)")
+    if options.serve_clients:
+        from measurement.bench.serve_bench import serve_part
+
+        result["serve"] = serve_part(settings, log, options.serve_clients)
+        load["after_serve"] = load_average()
+    else:
+        result["serve"] = {"skipped": "quick mode (run without --quick for the serve latencies)"}
     load["end"] = load_average()
     cores = machine["cores_logical"]
     machine["load_average"] = load
