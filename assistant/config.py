@@ -115,8 +115,11 @@ class Settings:
         },
     )
     knowledge_min_score: float = field(
-        default=0.84,
-        metadata={"help": "least similarity (query vs entry) for a knowledge entry to be given to the model"},
+        default=0.83,
+        metadata={
+            "help": "least similarity (query vs entry) for a knowledge entry to be given to the model; below it "
+            "the answer says the knowledge base has nothing on the question"
+        },
     )
     knowledge_passages: int = field(
         default=2, metadata={"help": "knowledge entries given to the model per question, at most", "above": 0}

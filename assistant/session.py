@@ -182,7 +182,8 @@ class ChatSession:
             yield Failed(getattr(exc, "message", str(exc)), getattr(exc, "hint", ""))
             return
         yield chosen
-        prepared = self.policy.prepare(text, chosen.choice.route) if self.policy else None
+        about = chosen.choice.about_assistant and self.answer_prefix is not None
+        prepared = self.policy.prepare(text, chosen.choice.route, about) if self.policy else None
         lead = prepared.lead if prepared else None
         if prepared and lead and lead.complete:  # the rules answer on their own: no model words to trust
             yield Token(lead.text)
@@ -196,7 +197,7 @@ class ChatSession:
         params = params or self.params
         if lead:
             params = replace(params, answer_prefix=lead.text)
-        elif chosen.choice.about_assistant and self.answer_prefix is not None:
+        elif about and self.answer_prefix is not None:
             params = replace(params, answer_prefix=self.answer_prefix(text))
         stats = StreamStats()
         pieces: list[str] = []

@@ -194,3 +194,24 @@ def test_ask_json_names_the_sources_and_withheld_sentences(tmp_path: Path) -> No
     record = json.loads(out.getvalue())
     assert code == 0 and record["sources"][0]["id"] == "turning" and record["withheld"] == 1
     assert "阿司匹林" not in record["answer"] and record["sources"][0]["source"] == "测试来源"
+
+
+def test_a_question_about_the_assistant_starts_in_character_without_passages(tmp_path: Path) -> None:
+    from assistant.session import forced_choice
+
+    class AboutRouter:
+        def route(self, text: str):  # type: ignore[no-untyped-def]
+            return forced_choice("caregiving", None, about_assistant=True)
+
+    folder = tmp_path / "caregiving"
+    entry(folder, "fall", "老人跌倒后的处理", "不要马上扶起。")
+    policy = AnswerPolicy(DRUGS, {"caregiving": KnowledgeIndex(HashingEncoder(), load_knowledge([folder]), 0.999)})
+    engine = ScriptedEngine(["由上海颐家打造。"])
+    session = ChatSession(AboutRouter(), engine, policy=policy, answer_prefix=lambda q: "我是颐家小助手，")
+
+    events = list(session.ask("你是谁"))
+
+    answer = "".join(e.text for e in events if isinstance(e, Token))
+    assert answer == "我是颐家小助手，由上海颐家打造。"
+    assert engine.calls[0][0][-1].content == "你是谁"  # no passages, no nothing-found note
+    assert next(e for e in events if isinstance(e, Done)).sources == ()
