@@ -202,7 +202,7 @@ def test_bundled_path_rebuilds_a_truncated_or_unmarked_cache(
 
 
 def age(path: Path, seconds: float = 60) -> None:
-    """Set a file's mtime in the past, as it is for a cache written in an earlier session."""
+    """Set a file's mtime in the past, as it is for a cache written by an earlier run."""
     old = time.time_ns() - int(seconds * 1e9)
     os.utime(path, ns=(old, old))
 

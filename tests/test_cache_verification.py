@@ -25,7 +25,7 @@ needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
 
 
 def age(folder: Path, seconds: float = 60) -> None:
-    """Date every file of `folder` back, as for a cache written in an earlier session."""
+    """Date every file of `folder` back, as for a cache written by an earlier run."""
     old = time.time_ns() - int(seconds * 1e9)
     for path in folder.rglob("*"):
         if path.is_file():

@@ -67,7 +67,7 @@ def settings(tmp_path: Path, tiny_base: Path) -> Settings:
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
-    """The issue's acceptance case: a 20-line JSONL file."""
+    """A user's smallest useful data file: 20 lines of JSONL."""
     path = tmp_path / "pets.jsonl"
     rows = [{"prompt": f"我家小狗{i}岁了，该怎么喂？", "response": f"{i}岁的小狗每天喂两次。"} for i in range(20)]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
