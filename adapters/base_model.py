@@ -93,7 +93,7 @@ def _from_pretrained(folder: Path, device: str, dtype: torch.dtype, quantization
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # 0, or the rank's GPU under torchrun
     loaded: Any = AutoModelForCausalLM.from_pretrained(
         folder,
         dtype=dtype,

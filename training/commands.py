@@ -147,12 +147,15 @@ def run_train_adapter(args: Any, settings: Settings) -> int:
 
 def _run_job(job: Any, settings: Settings) -> int:
     from training.adapter_job import run_adapter_job
+    from training.distributed import is_main
     from training.sft import Interrupted
 
     try:
         manifest = run_adapter_job(job, settings, log)
     except Interrupted:
         return 130
+    if not is_main():  # under torchrun rank 0 reports the job
+        return 0
     probe = manifest.get("metrics", {}).get("identity_probe", {})
     val = manifest.get("val_loss", {})
     log(

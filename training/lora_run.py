@@ -69,12 +69,14 @@ def train_lora(
 ) -> tuple[Any, LoraRun]:
     """Load the base, tokenize, train LoRA weights (checkpointing into `checkpoints`); the model and the run's facts."""
     from adapters.base_model import load_base
+    from training import distributed
     from training.checkpoints import CheckpointStore
     from training.sft import SFTLoop
 
     cfg = job.config
     system = resolve_system_prompt(cfg.system_prompt)
-    loaded = load_base(settings, progress=job.progress)
+    # Under torchrun rank 0 loads first: a base converted for the first time is cached once, then read.
+    loaded = distributed.main_first(lambda: load_base(settings, progress=job.progress))
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train, val = _tokenized_splits(inputs, tokenizer, system, cfg, log)

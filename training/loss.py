@@ -135,16 +135,32 @@ def repacked(model: Any) -> bool:
     )
 
 
-def mean_loss(model: Any, batches: Iterable[Batch], device: str | torch.device) -> tuple[float, dict[str, float]]:
-    """Token-weighted mean loss over the batches, overall and per sample kind; run inside `evaluation`."""
-    total, count = 0.0, 0
-    by_kind: dict[str, list[float]] = {}
+#: One validation row: (sample kind, summed loss, labelled tokens).
+RowLoss = tuple[str, float, int]
+
+
+def row_results(model: Any, batches: Iterable[Batch], device: str | torch.device) -> list[list[RowLoss]]:
+    """Per batch, per row: (kind, summed loss, labelled tokens); run inside `evaluation`."""
+    results = []
     for batch in batches:
         sums, counts = row_losses(model, to_tensors(batch, device))
-        for kind, s, c in zip(batch.kinds, sums.tolist(), counts.tolist(), strict=True):
-            total, count = total + s, count + c
-            acc = by_kind.setdefault(kind, [0.0, 0])
-            acc[0] += s
-            acc[1] += c
+        results.append(list(zip(batch.kinds, sums.tolist(), counts.tolist(), strict=True)))
+    return results
+
+
+def summarise(rows: Iterable[RowLoss]) -> tuple[float, dict[str, float]]:
+    """Token-weighted mean loss over the rows, overall and per sample kind."""
+    total, count = 0.0, 0
+    by_kind: dict[str, list[float]] = {}
+    for kind, s, c in rows:
+        total, count = total + s, count + c
+        acc = by_kind.setdefault(kind, [0.0, 0])
+        acc[0] += s
+        acc[1] += c
     overall = total / count if count else float("nan")
     return overall, {k: (s / c if c else float("nan")) for k, (s, c) in sorted(by_kind.items())}
+
+
+def mean_loss(model: Any, batches: Iterable[Batch], device: str | torch.device) -> tuple[float, dict[str, float]]:
+    """Token-weighted mean loss over the batches, overall and per sample kind; run inside `evaluation`."""
+    return summarise(row for batch in row_results(model, batches, device) for row in batch)

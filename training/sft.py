@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
+from training import distributed
 from training.checkpoints import CheckpointStore, LoopState
 from training.config import TrainConfig
 from training.dataset import Batch, TokenizedSplit, collate, epoch_batches, iterate_batches
 from training.generation import autocast_context
-from training.loss import evaluation, mean_loss, repacked, row_losses, shared_prefix, to_tensors
+from training.loss import evaluation, repacked, row_losses, row_results, shared_prefix, summarise, to_tensors
 from training.step_progress import StepProgress
 from training.stop_signals import StopFlag, stop_on_signals
 
@@ -79,7 +80,10 @@ def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], fl
 
 
 class SFTLoop:
-    """Trains the LoRA parameters of a peft model on tokenized splits."""
+    """Trains the LoRA parameters of a peft model on tokenized splits.
+
+    Under torchrun each rank trains on its share of every global batch (training/distributed.py).
+    """
 
     def __init__(
         self,
@@ -132,15 +136,29 @@ class SFTLoop:
                 yield epoch, i, batches[i]
             epoch, position = epoch + 1, 0
 
+    def _local_batches(self, step: list[list[int]]) -> tuple[list[Batch | None], int]:
+        """This rank's share of each micro-batch (None when empty) and the labelled tokens of the whole step."""
+        full = [collate(self.train_split, indices, self.pad_id) for indices in step]
+        tokens = sum(b.label_tokens for b in full)
+        if not distributed.active():
+            local: list[Batch | None] = list(full)
+            return local, tokens
+        shares = [distributed.shard(indices) for indices in step]
+        return [collate(self.train_split, share, self.pad_id) if share else None for share in shares], tokens
+
     # -- validation -------------------------------------------------------------------
 
     def validate(self) -> tuple[float, dict[str, float]]:
-        """Validation loss on the current weights, without disturbing training (see loss.evaluation)."""
+        """Validation loss on the current weights, without disturbing training (see loss.evaluation).
+
+        Ranks split the batches and gather the rows back in order: every rank gets one process's number.
+        """
         if not len(self.val_split):
             return float("nan"), {}
+        batches = list(iterate_batches(self.val_split, self.config.batch_size * 2, self.pad_id))
         with evaluation(self.model), autocast_context(self.device, self.config.autocast):
-            batches = iterate_batches(self.val_split, self.config.batch_size * 2, self.pad_id)
-            return mean_loss(self.model, batches, self.device)
+            mine = row_results(self.model, distributed.shard(batches), self.device)
+        return summarise(row for batch in distributed.gather_shards(mine) for row in batch)
 
     def _after_validation(self, state: LoopState, loss: float) -> bool:
         """Record a validation; keep the best weights; True when early stopping says stop."""
@@ -149,7 +167,8 @@ class SFTLoop:
             return False
         if state.best_val is None or loss < state.best_val - self.config.min_delta:
             state.best_val, state.best_step, state.bad_evals = loss, state.step, 0
-            self.store.save_best(self.model, state)
+            if distributed.is_main():
+                self.store.save_best(self.model, state)
             return False
         state.bad_evals += 1
         return bool(self.config.patience) and state.bad_evals >= self.config.patience
@@ -164,19 +183,21 @@ class SFTLoop:
                 "training it would crash or compute wrong gradients: load a fresh base"
             )
         state = self._start(resume, fingerprint)
+        distributed.broadcast_params(self.params)  # every rank starts from rank 0's weights
         clock_origin = time.perf_counter() - state.train_seconds  # train_seconds goes on from a resumed run
         with stop_on_signals(self.flag, self.log):
             early_stop = self._train_steps(state, clock_origin)
-            if self.flag.requested:
-                path = self.store.save(self.model, self.optimizer, self.scheduler, state)
+            if self._stop_requested():
+                path = self._save(state)
                 self.log(
                     f"checkpoint saved at step {state.step}: {path}\n  continue with the same command plus --resume"
                 )
                 raise Interrupted(path)
         state.train_seconds = time.perf_counter() - clock_origin
         stopped = early_stop or ("max_steps" if self.config.max_steps > 0 else "epochs done")
-        self.store.save(self.model, self.optimizer, self.scheduler, state)  # a crash in the evaluation loses nothing
-        restored = self.store.load_best(self.model) if state.best_step != state.step else False
+        self._save(state)  # a crash in the evaluation loses nothing
+        # Only rank 0's model goes on to be saved and evaluated.
+        restored = distributed.is_main() and state.best_step != state.step and self.store.load_best(self.model)
         return TrainOutcome(
             state=state,
             total_steps=self.total_steps,
@@ -187,13 +208,25 @@ class SFTLoop:
             best_restored=restored,
         )
 
+    def _save(self, state: LoopState) -> Path | None:
+        """A resumable checkpoint, written by rank 0 alone (every rank holds the same weights)."""
+        if not distributed.is_main():
+            return None
+        return self.store.save(self.model, self.optimizer, self.scheduler, state)
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C/SIGTERM seen by this process or, under torchrun, by any rank: all stop at the same point."""
+        return distributed.any_rank(self.flag.requested)
+
     def _start(self, resume: bool, fingerprint: str) -> LoopState:
         """The checkpoint's state on --resume (when there is one), else a fresh start validated on the base."""
+        # Every rank reads the checkpoint (one machine, one folder), so all fail alike when it is missing.
         state = self.store.resume(self.model, self.optimizer, self.scheduler, fingerprint) if resume else None
         if state is not None:
             self.log(f"resuming at step {state.step}/{self.total_steps} (epoch {state.epoch + 1})")
             return state
-        self.store.clear()
+        if distributed.is_main():
+            self.store.clear()
         state = LoopState(fingerprint=fingerprint)
         self.log(
             f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) on {len(self.train_split)} "
@@ -213,9 +246,10 @@ class SFTLoop:
         try:
             while state.step < self.total_steps:
                 step_batches = [next(batches) for _ in range(self.config.grad_accumulation)]
-                # Seeded per step: a resumed run draws the same dropout masks as an unbroken one.
-                torch.manual_seed(self.config.seed * 100_003 + state.step)
-                loss = self._step([collate(self.train_split, b, self.pad_id) for _, _, b in step_batches])
+                # Seeded per step (a resumed run draws the same dropout masks as an unbroken one) and per rank.
+                world = distributed.world()
+                torch.manual_seed((self.config.seed * 100_003 + state.step) * world.size + world.rank)
+                loss = self._step(*self._local_batches([b for _, _, b in step_batches]))
                 if loss is None:  # stop requested mid-step: the weights are still those of state.step
                     return ""
                 epoch, index, _ = step_batches[-1]
@@ -228,10 +262,10 @@ class SFTLoop:
                 if self.on_step is not None:
                     self.on_step(state)
                 if state.step % self.config.save_every == 0:
-                    self.store.save(self.model, self.optimizer, self.scheduler, state)
+                    self._save(state)
                 if stop_early:
                     return f"early stop: no improvement in {self.config.patience} validations"
-                if self.flag.requested:
+                if self._stop_requested():
                     return ""
             return ""
         finally:
@@ -246,16 +280,18 @@ class SFTLoop:
         state.last_val_by_kind = by_kind
         return self._after_validation(state, val)
 
-    def _step(self, batches: list[Batch]) -> float | None:
-        """One optimizer step over accumulated micro-batches; None when a stop was requested first."""
-        tokens = sum(b.label_tokens for b in batches)
+    def _step(self, batches: list[Batch | None], tokens: int) -> float | None:
+        """One optimizer step over accumulated micro-batches; None when a stop was requested first.
+
+        `tokens` counts the labels of the whole step, every rank's share included.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for batch in batches:
-            if self.flag.requested:
+            if self._stop_requested():
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            if not batch.label_tokens:
+            if batch is None or not batch.label_tokens:
                 continue
             with autocast_context(self.device, self.config.autocast):
                 sums, _ = row_losses(self.model, to_tensors(batch, self.device), self.prefix)
@@ -263,9 +299,10 @@ class SFTLoop:
                 loss = sums.sum() / max(tokens, 1)
             loss.backward()
             total += float(loss.detach())
-        if self.flag.requested:
+        if self._stop_requested():
             self.optimizer.zero_grad(set_to_none=True)
             return None
+        total = distributed.all_reduce_grads(self.params, total)
         if not math.isfinite(total):
             raise FloatingPointError(f"training loss became {total}; lower the learning rate")
         torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
