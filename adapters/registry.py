@@ -211,8 +211,8 @@ def install_target(store: Path, name: str) -> Path:
     """Where an adapter called `name` is installed in `store`, refusing anything that could touch code.
 
     The name must be a plain folder name, the store must hold no Python code, and an existing folder
-    of that name must itself be an adapter (it has a manifest.json): training replaces adapters, never
-    anything else.
+    of that name must itself be an adapter (it has a manifest.json) or an unfinished training run
+    (only checkpoints/): training replaces adapters, never anything else.
     """
     from assistant.errors import UsageError
 
@@ -227,7 +227,8 @@ def install_target(store: Path, name: str) -> Path:
             "install adapters into an adapter store (the default, or --adapters-dir DIR with only adapters in it)",
         )
     final = store / name
-    if final.exists() and not (final / MANIFEST).is_file():
+    unfinished = final.is_dir() and {p.name for p in final.iterdir()} <= {"checkpoints"}  # a run to --resume
+    if final.exists() and not (final / MANIFEST).is_file() and not unfinished:
         raise UsageError(
             f"{final} exists and is not an adapter (no {MANIFEST})",
             "choose another --name, or move that folder away",
