@@ -132,6 +132,8 @@ def build_engine_parts(
         loaded.checksum,
         settings.adapter_dirs,
         warn=lambda m: progress(f"warning: {m}"),
+        context_length=settings.max_context,
+        kv_cache_mb=settings.kv_cache_mb,
     )
     return BuiltEngine(loaded, engine, time.perf_counter() - started, tuning)
 

@@ -92,6 +92,22 @@ class Settings:
         metadata={"help": "labelled routing files or folders the router is fitted on"},
     )
     max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens", "above": 0})
+    max_context: int | None = field(
+        default=None,
+        metadata={
+            "help": "longest prompt + answer, in tokens (a longer conversation keeps its newest part); "
+            "default: 2048 on CPU, which prefills in seconds, the model's own length on CUDA",
+            "above": 0,
+        },
+    )
+    kv_cache_mb: int = field(
+        default=256,
+        metadata={
+            "help": "memory for the keys/values kept between answers, so a conversation's next turn computes "
+            "only its new tokens; 0 = keep none",
+            "at_least": 0,
+        },
+    )
     temperature: float = field(
         default=0.0, metadata={"help": "sampling temperature; 0 = greedy (default)", "at_least": 0}
     )

@@ -73,6 +73,12 @@ class StreamStats:
     total_s: float = 0.0
     #: Why the answer ended: "stop" (end of answer or a stop string), "length" (max_new_tokens) or "cancelled".
     finish_reason: str = "stop"
+    #: Characters of the conversation (system turn aside) that fitted into the context, and that were given;
+    #: they differ when `truncated_prompt` cut turns or text.
+    kept_chars: int = 0
+    total_chars: int = 0
+    #: Prompt tokens whose keys/values were reused from an earlier answer instead of computed.
+    cached_tokens: int = 0
 
 
 class Engine(Protocol):

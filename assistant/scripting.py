@@ -54,6 +54,17 @@ def _sources_line(done: Done) -> str:
     return "[sources: " + "; ".join(f"{p.title} ({p.entry.id})" for p in done.sources) + "]"
 
 
+def _cut_note(done: Done) -> str:
+    """What fitting the prompt into the model's context cut, for stderr."""
+    if done.prompt_kept is None:
+        return "longer than the model's context; its start was cut"
+    kept, given = done.prompt_kept
+    return (
+        f"longer than the model's context; only its last {kept:,} of {given:,} characters were read "
+        "(the max_context setting raises the limit)"
+    )
+
+
 def _describe(chosen: RouteChosen) -> str:
     c = chosen.choice
     how = (
@@ -114,7 +125,7 @@ def run_ask(session: ChatSession, queries: Iterable[Query], as_json: bool, out: 
                         out.flush()
                 elif isinstance(event, Done):
                     if event.truncated_prompt:
-                        err.write(f"warning: line {q.line}: longer than the model's context; its start was cut\n")
+                        err.write(f"warning: line {q.line}: {_cut_note(event)}\n")
                     record.update(
                         answer=event.answer,
                         new_tokens=event.new_tokens,

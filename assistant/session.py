@@ -62,6 +62,8 @@ class Done:
     prompt_tokens: int = 0
     #: Why the answer ended, from the engine: "stop", "length" (max_new_tokens) or "cancelled".
     finish_reason: str = "stop"
+    #: (characters kept, characters given) of the conversation when it was cut to fit the context, else None.
+    prompt_kept: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ class ChatSession:
             prompt_tokens=stats.prompt_tokens,
             # A cancel the engine saw only while waiting for its lock leaves the default reason.
             finish_reason="cancelled" if stopped else stats.finish_reason,
+            prompt_kept=(stats.kept_chars, stats.total_chars) if stats.truncated_prompt else None,
         )
 
     def _remember(self, text: str, answer: str, chosen: RouteChosen) -> None:

@@ -24,7 +24,9 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
         "bench",
         help="benchmarks: router, generation vs llama.cpp, adapter memory, training cost",
         description="Measure, side by side in one run: router latency/throughput; time to first token and decode "
-        "speed of the NF4 and bf16 base, with and without an adapter, and of llama.cpp on the same GGUF; memory of "
+        "speed of the NF4 and bf16 base, with and without an adapter, and of llama.cpp on the same GGUF; whole "
+        "answers per route as `ask` gives them next to llama.cpp on the same prompts, a 10-turn conversation's "
+        "time to first token by turn, and a pasted 100,000-character line; memory of "
         "the base, adapters and merged models; QLoRA step time. Writes latest.json, latest.md, README-snippet.md "
         "and PNG charts into a new run folder (the committed report in docs/benchmarks/ only with --update-report).",
     )

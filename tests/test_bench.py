@@ -61,6 +61,11 @@ POSITIVE = [
     "machine.cores_logical",
     "machine.cores_physical",
     "machine.ram_gib",
+    "product.context_tokens",
+    "product.conversation.last_vs_first_ttft",
+    "product.answers.tok_s.ours.general",
+    "product.long_paste.first_token_s",
+    "product.long_paste.prompt_tokens",
     "seconds",
 ]
 #: Only in a full run (and the peer only where llama-cpp-python is installed).
@@ -80,6 +85,8 @@ PEER = [
     "generation.variants.llama_cpp.ttft_s",
     "generation.ratios.nf4_vs_llama_cpp_decode",
     "generation.ratios.nf4_vs_llama_cpp_decode_paired_median",
+    "product.answers.tok_s.llama_cpp.general",
+    "product.answers.vs_llama_cpp.ours.general",
 ]
 FILES = ["latest.json", "latest.md", "README-snippet.md", "decode.png", "memory.png", "router.png"]
 
@@ -149,6 +156,11 @@ def test_quick_bench_on_tiny_model_reports_every_field(
     # a tiny model's adapter is ~0.1 MiB: below RSS noise between two processes, so only finite is asserted
     assert math.isfinite(result["adapters"]["per_adapter_mib"])
     assert "skipped" in result["training"] and "quick" in result["training"]["skipped"]
+    product = result["product"]
+    turns = product["conversation"]["turns"]
+    assert len(turns) == 10 and all(t["cached_tokens"] > 0 for t in turns)  # each turn reuses the one before
+    paste = product["long_paste"]
+    assert paste["prompt_tokens"] <= product["context_tokens"] and 0 < paste["kept_chars"] < paste["characters"]
     peer = result["generation"]["variants"]["llama_cpp"]
     assert "GGUF" in peer["skipped"]  # a folder base has no same-file llama.cpp peer, and the output says so
     assert any("quick mode" in n for n in result["notes"])
@@ -206,7 +218,11 @@ def test_full_bench_on_tiny_gguf_includes_peer_training_and_profile(
     else:
         assert_positive(result, PEER)
         assert result["generation"]["variants"]["llama_cpp"]["new_tokens"] == 16
-    assert "Where decode time goes" in (out / "latest.md").read_text(encoding="utf-8")
+    report = (out / "latest.md").read_text(encoding="utf-8")
+    assert "Where decode time goes" in report and "As users meet it" in report
+    # The product's answers against the engine before this change and the packed-attention prototype.
+    assert set(result["product"]["answers"]["same_answers_as_product"]) >= {"transformers_forward", "packed_attention"}
+    assert result["product"]["answers"]["same_answers_as_product"]["transformers_forward"] == 1.0
 
 
 def test_bench_options_reject_nonsense(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,12 +15,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.base_model import INFERENCE_ONLY_ATTR
-from adapters.chat_format import render_prompt_ids, with_system
+from adapters.chat_format import render_prompt_ids, render_turn_ids, with_system
 from adapters.hf_engine import TransformersEngine
 from adapters.incremental_decoder import IncrementalDecoder
 from adapters.prompt_fit import fit_prompt
 from adapters.registry import read_manifest, write_manifest
-from adapters.system_turn_cache import SystemTurnCache
 from assistant.engine import EngineInfo, GenerationParams, Message, StreamStats
 from assistant.errors import GenerationFailed, UsageError
 from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
@@ -171,18 +170,23 @@ def test_answer_prefix_is_streamed_first_and_the_model_continues_after_it(engine
     assert stats.prompt_tokens == ids.shape[1]
 
 
-def test_system_turn_is_encoded_once_per_adapter_and_changes_nothing(
+def test_kept_keys_values_are_per_adapter_and_change_no_answer(
     engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine._system_turns.clear()
+    engine.prefixes.clear()
     first = {name: answer(engine, name) for name in (None, "alpha", "beta")}
-    assert sorted(str(adapter) for adapter, _ in engine._system_turns) == ["None", "alpha", "beta"]
-    cached = dict(engine._system_turns)
+    assert sorted(str(adapter) for adapter, _ in engine.prefixes.kept()) == ["None", "alpha", "beta"]
+    stats = StreamStats()
+    "".join(engine.stream(QUESTION, "alpha", GREEDY, stats=stats))
+    # The same question again: the system turn is reused; the question itself is computed in one
+    # piece, as the first time, so the answer cannot differ.
+    system = render_turn_ids(engine._tokenizer, [{"role": "system", "content": SYSTEM}])
+    assert stats.cached_tokens == len(system)
     assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first  # reused, not mutated
-    assert all(engine._system_turns[k] is v for k, v in cached.items())
 
     # The same decode with the whole prompt encoded every time:
-    monkeypatch.setattr(engine._system_turns, "past_for", lambda ids, shared, adapter: (None, 0))
+    monkeypatch.setattr(engine.prefixes, "take", lambda ids, adapter, capacity, upto=0: (None, 0))
+    monkeypatch.setattr(engine.prefixes, "keep", lambda ids, past, adapter: None)
     assert {name: answer(engine, name) for name in (None, "alpha", "beta")} == first
 
 
@@ -319,7 +323,8 @@ def test_long_prompt_is_truncated_keeping_system_and_newest_text(tiny: dict[str,
 
     tokenizer = engine._tokenizer
     convo = with_system([m.as_dict() for m in history], SYSTEM)
-    ids, cut = fit_prompt(tokenizer, convo, 250)
+    fitted = fit_prompt(tokenizer, convo, 250)
+    ids, cut = fitted.ids, fitted.truncated
     text = tokenizer.decode(ids)
     assert cut and len(ids) <= 250
     assert SYSTEM in text and "the newest question" in text and "old turn 0 " not in text
@@ -333,7 +338,8 @@ def test_a_single_huge_turn_is_cut_from_the_front(engine: TransformersEngine) ->
     tokenizer = engine._tokenizer
     words = " ".join(f"w{i}" for i in range(2000)) + " THE END"
     convo = with_system([{"role": "user", "content": words}], SYSTEM)
-    ids, cut = fit_prompt(tokenizer, convo, 100)
+    fitted = fit_prompt(tokenizer, convo, 100)
+    ids, cut = fitted.ids, fitted.truncated
     text = tokenizer.decode(ids)
     assert cut and 92 <= len(ids) <= 100  # nearly the whole budget is used
     assert SYSTEM in text and text.rstrip().endswith("assistant") and "THE END" in text and "w0 " not in text
@@ -342,7 +348,8 @@ def test_a_single_huge_turn_is_cut_from_the_front(engine: TransformersEngine) ->
 def test_over_long_system_prompt_keeps_the_newest_tokens(engine: TransformersEngine) -> None:
     tokenizer = engine._tokenizer
     convo = with_system([{"role": "user", "content": "hi"}], "rule " * 500)
-    ids, cut = fit_prompt(tokenizer, convo, 20)
+    fitted = fit_prompt(tokenizer, convo, 20)
+    ids, cut = fitted.ids, fitted.truncated
     full = render_prompt_ids(tokenizer, convo, None)
     assert cut and ids == full[-20:]
 
@@ -413,30 +420,3 @@ def test_4bit_base_with_adapters(tiny: dict[str, Path]) -> None:
 
     plain, tokenizer = load(tiny["base"], quantization_config=quant)
     assert base == text_of(tokenizer, greedy_ids(plain, tokenizer))
-
-
-def test_system_turn_cache_encodes_each_key_once_hands_out_copies_and_evicts_the_oldest() -> None:
-    encoded: list[list[int]] = []
-
-    def encode(ids: list[int]) -> list[list[int]]:
-        encoded.append(ids)
-        return [list(ids)]
-
-    cache = SystemTurnCache(encode, max_entries=2)
-    assert cache.past_for([1, 2, 3], 0, None) == (None, 0)  # no intact system turn: nothing encoded
-    past, done = cache.past_for([1, 2, 3], 2, "alpha")
-    assert (past, done) == ([[1, 2]], 2)
-    past[0].append(99)  # decoding appends to its copy in place...
-    assert cache.past_for([1, 2, 4], 2, "alpha") == ([[1, 2]], 2)  # ...which leaves the kept entry alone
-    cache.past_for([1, 2], 2, None)
-    cache.past_for([5, 6], 2, None)
-    assert encoded == [[1, 2], [1, 2], [5, 6]]
-    assert list(cache) == [(None, (1, 2)), (None, (5, 6))]  # ("alpha", (1, 2)) was the oldest
-
-
-def test_system_turn_cache_reports_a_failed_encoding_as_generation_failed() -> None:
-    def encode(ids: list[int]) -> None:
-        raise RuntimeError("out of memory")
-
-    with pytest.raises(GenerationFailed, match="encoding the system prompt failed: out of memory"):
-        SystemTurnCache(encode).past_for([1, 2, 3], 2, None)

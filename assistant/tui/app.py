@@ -187,6 +187,14 @@ class ChatApp(ConversationApp):
                 answer.record = with_sources(answer.record, done)
             await answer.finish("stopped" if done.stopped else "")
         self.query_one(StatusBar).rate = message.done.tokens_per_s
+        if (kept := message.done.prompt_kept) is not None:
+            self.notify(
+                f"The conversation is longer than the model's context: only its last {kept[0]:,} of "
+                f"{kept[1]:,} characters were read (the max_context setting raises the limit).",
+                title="Shortened",
+                severity="warning",
+                timeout=15,
+            )
         await self._turn_ended(message.turn, "stopped" if message.done.stopped else "ready")
 
     async def on_answer_failed(self, message: events.AnswerFailed) -> None:

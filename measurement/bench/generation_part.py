@@ -94,8 +94,8 @@ def _ttft_by_length(
     log: Callable[[str], None],
     lengths: tuple[int, ...] = (64, 256, 1024),
 ) -> dict[str, float]:
-    """NF4 time to first token by prompt length: the engine prefills the whole conversation on every turn
-    (no KV cache kept between turns), so this is what a long conversation pays per answer."""
+    """NF4 time to first token by prompt length: what a prompt costs when nothing kept covers it
+    (a first question, or a conversation whose kept keys/values were evicted)."""
     from measurement.bench.prompt import exact_prompt
 
     context = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 2048)

@@ -62,3 +62,21 @@ class LlamaCppPeer:
             generator.close()
         total = time.perf_counter() - started
         return Timing(first, total, made, decode_rate(made, new_tokens, first, total))
+
+    def answer(self, ids: list[int], new_tokens: int) -> tuple[float, int]:
+        """Seconds and tokens for a greedy answer to `ids`, as llama.cpp's server gives one.
+
+        The prefix `ids` share with the previous prompt stays in llama.cpp's KV cache (the same
+        reuse our engine gets from its prefix cache); the rest is prefilled, then `new_tokens` decoded.
+        """
+        started = time.perf_counter()
+        made = 0
+        generator = self._llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True)
+        try:
+            for _ in generator:
+                made += 1
+                if made >= new_tokens:
+                    break
+        finally:
+            generator.close()
+        return time.perf_counter() - started, made

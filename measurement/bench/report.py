@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from measurement.bench.report_product import headline_rows, snippet_rows
+from measurement.bench.report_product import markdown_rows as product_rows
+
 
 def _x(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}x"
@@ -80,7 +83,7 @@ def _generation_notes(g: dict[str, Any]) -> list[str]:
     by_length = g.get("nf4_ttft_s_by_prompt_tokens")
     if by_length:
         notes.append(
-            "NF4 time to first token by prompt length (the engine prefills the whole conversation each turn): "
+            "NF4 time to first token by prompt length (a prompt nothing kept covers, prefilled from scratch): "
             + ", ".join(f"{n} tokens {s:.2f} s" for n, s in by_length.items())
             + "."
         )
@@ -122,6 +125,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "| ratio | value |",
         "| --- | ---: |",
+        *(headline_rows(r["product"]) if "product" in r else []),
         f"| our NF4 decode vs llama.cpp (same GGUF, same threads; goal >= {g['decode_goal_vs_llama_cpp']}x) | "
         f"{_x(ratios['nf4_vs_llama_cpp_decode'])} |",
         f"| NF4 vs bf16 decode | {_x(ratios['nf4_vs_bf16_decode'])} |",
@@ -145,6 +149,8 @@ def markdown(r: dict[str, Any]) -> str:
         *_generation_notes(g),
         "",
     ]
+    if "product" in r:
+        out += product_rows(r["product"])
     out += [
         "## Router",
         "",
@@ -227,6 +233,7 @@ def snippet(r: dict[str, Any]) -> str:
         "",
         "| what | measured | ratio |",
         "| --- | ---: | ---: |",
+        *(snippet_rows(r["product"]) if "product" in r else []),
         f"| decode, ours NF4 | {v['nf4']['decode_tok_s']:.1f} tok/s | "
         f"{_x(ratios['nf4_vs_llama_cpp_decode'])} of llama.cpp |",
     ]

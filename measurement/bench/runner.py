@@ -13,6 +13,7 @@ from typing import Any
 from assistant.config import BUNDLED, Settings
 from measurement.bench.generation_part import generation_part
 from measurement.bench.machine import describe_machine, load_average
+from measurement.bench.product_part import product_part
 from measurement.bench.stats import ratio
 
 SCHEMA = 1
@@ -184,6 +185,8 @@ def run_bench(settings: Settings, options: BenchOptions, log: Callable[[str], No
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load["after_generation"] = load_average()
+    result["product"] = product_part(settings, options.quick, log, notes)
+    load["after_product"] = load_average()
     result["adapters"] = _memory_part(settings, options, log, notes)
     gen = result["generation"]["variants"]
     answer_ms = gen["nf4_lora"]["total_s"] * 1000
