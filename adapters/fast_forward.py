@@ -125,22 +125,26 @@ class Layer:
 
 
 def _rms(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """Qwen2RMSNorm's own arithmetic."""
+    """Qwen2RMSNorm's own arithmetic (in place on the float32 copy: the same values, fewer allocations)."""
     dtype = x.dtype
-    h = x.to(torch.float32)
+    h = x.to(torch.float32, copy=True)
     variance = h.pow(2).mean(-1, keepdim=True)
-    h = h * torch.rsqrt(variance + norm.variance_epsilon)
+    h.mul_(variance.add_(norm.variance_epsilon).rsqrt_())
     return norm.weight * h.to(dtype)  # type: ignore[no-any-return]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == roll(x, half) * this, value for value.
+
+    rotate_half(x) is cat(-x2, x1) and negating before or after a multiply rounds the same.
+    """
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 def _project(proj: Projection, lora: FusedLora | None, x: torch.Tensor) -> torch.Tensor:
     out = proj(x)
-    return out if lora is None else out + lora.delta(x)
+    return out if lora is None else lora.add_to(out, x)
 
 
 class FastForward:
@@ -187,6 +191,7 @@ class FastForward:
         x = self._embed(ids)
         positions = torch.arange(start, start + count).unsqueeze(0)
         cos, sin = (t.unsqueeze(1) for t in self._rotary(x, positions))
+        sin = _signed_sin(sin)
         mask = None
         if count > 1 and start > 0:  # transformers' causal mask for new positions after kept ones
             mask = (torch.arange(start + count)[None, :] <= positions[0, :, None]).view(1, 1, count, start + count)
@@ -212,7 +217,7 @@ class FastForward:
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
         # q and k rotate together: the same elementwise arithmetic as rotating each alone.
         qk = qkv[:, : (heads + kv_heads) * dim].view(1, count, heads + kv_heads, dim).transpose(1, 2)
-        qk = (qk * cos) + (_rotate_half(qk) * sin)
+        qk = (qk * cos) + (torch.roll(qk, dim // 2, dims=-1) * sin)
         q, k = qk[:, :heads], qk[:, heads:]
         v = qkv[:, (heads + kv_heads) * dim :].view(1, count, kv_heads, dim).transpose(1, 2)
         keys, values = cache.update(k, v)

@@ -25,34 +25,43 @@ class FusedLora:
     """The LoRA terms of several projections of one input, side by side, as peft computes each of them."""
 
     downs: tuple[torch.Tensor | None, ...]  # each projection's A (rank, in_features); None: not adapted
-    ups: tuple[torch.Tensor | None, ...]  # each projection's B (out_features, rank), scaled when exact
+    ups: tuple[torch.Tensor | None, ...]  # each projection's B (out_features, rank)
     out_features: tuple[int, ...]
     stacked: torch.Tensor  # the A matrices present, stacked: one matmul for a single token
     scaling: float | None  # multiplies B's output, as in peft (None: 1)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The LoRA terms for input `x` (rows, in_features), in x's dtype, to add to the base projections' output."""
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Add the LoRA terms for input `x` (rows, in_features) to `out`, the base projections' output, in place.
+
+        Every element is peft's `result + (B(A(x)) * scaling).to(result.dtype)`.
+        """
         wide = x.to(self.stacked.dtype)
-        parts: list[torch.Tensor] = []
-        if x.shape[0] == 1:
-            low = functional.linear(wide, self.stacked)
+        if x.shape[0] > 1:
+            # Many rows (prefill): one projection at a time, scaled and added in place, with no
+            # side-by-side copy of the large float32 terms.
             start = 0
-            for up, width in zip(self.ups, self.out_features, strict=True):
-                if up is None:
-                    parts.append(wide.new_zeros(1, width))
-                    continue
-                parts.append(functional.linear(low[:, start : start + up.shape[1]], up))
-                start += up.shape[1]
-        else:
             for down, up, width in zip(self.downs, self.ups, self.out_features, strict=True):
-                if down is None or up is None:
-                    parts.append(wide.new_zeros(x.shape[0], width))
-                else:
-                    parts.append(functional.linear(functional.linear(wide, down), up))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+                if down is not None and up is not None:
+                    part = functional.linear(functional.linear(wide, down), up)
+                    if self.scaling is not None:
+                        part.mul_(self.scaling)
+                    out[:, start : start + width] += part.to(out.dtype)
+                start += width
+            return out
+        low = functional.linear(wide, self.stacked)
+        parts: list[torch.Tensor] = []
+        at = 0
+        for up, width in zip(self.ups, self.out_features, strict=True):
+            if up is None:
+                parts.append(wide.new_zeros(1, width))
+                continue
+            parts.append(functional.linear(low[:, at : at + up.shape[1]], up))
+            at += up.shape[1]
+        delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.scaling is not None:
-            out = out * self.scaling
-        return out.to(x.dtype)
+            delta.mul_(self.scaling)
+        out += delta.to(out.dtype)
+        return out
 
 
 def plain_lora(module: Any, adapter: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
