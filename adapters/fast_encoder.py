@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,7 @@ from assistant.errors import ModelUnavailable
 Precision = Literal["auto", "fp32", "bf16"]
 
 _MODULES = ("Transformer", "Pooling", "Normalize")
+_THREAD_COUNT_LOCK = threading.RLock()
 _HINT = "use SentenceTransformerEncoder for this model (the fast path only covers BERT/XLM-R + mean pooling)"
 
 
@@ -90,59 +94,122 @@ class FastE5Encoder:
         self._type0 = weights[prefix + "token_type_embeddings.weight"][0]
         self._ln = (weights[prefix + "LayerNorm.weight"], weights[prefix + "LayerNorm.bias"])
         self.dim = int(self._word.shape[1])
+        #: The model as published: a copy with tuned layers (`with_layers`) keeps it for similarity search.
+        self.untuned: FastE5Encoder = self
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def heads(self) -> int:
+        return self._heads
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text with the encoder's prompt, truncated to `max_seq_length`."""
+        if len(texts) == 1:  # the router's case: skip the batch machinery (thread pool)
+            return [self._tokenizer.encode(self.prompt + texts[0]).ids]
+        return [e.ids for e in self._tokenizer.encode_batch([self.prompt + t for t in texts])]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 vectors, shape (len(texts), dim), in input order."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if len(texts) == 1:  # the router's case: skip the batch machinery (thread pool, sorting, padding)
-            ids = [self._tokenizer.encode(self.prompt + texts[0]).ids]
-        else:
-            ids = [e.ids for e in self._tokenizer.encode_batch([self.prompt + t for t in texts])]
+        ids = self.token_ids(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        # torch's thread count is process-wide (the chat model shares it): change it only for this call.
-        previous = torch.get_num_threads()
-        if self._threads and self._threads != previous:
-            torch.set_num_threads(self._threads)
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), self._batch_size):
-                    chunk = order[start : start + self._batch_size]
-                    out[chunk] = self._embed([ids[i] for i in chunk]).numpy()
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
+        with self.thread_limit(), torch.inference_mode():
+            for start in range(0, len(order), self._batch_size):
+                chunk = order[start : start + self._batch_size]
+                x, keep, mask = self.embed_tokens([ids[i] for i in chunk])
+                x = self.run_layers(x, mask, 0, self.num_layers)
+                out[chunk] = mean_pool(x, keep).numpy()
         return out
 
-    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
+    @contextmanager
+    def thread_limit(self) -> Iterator[None]:
+        """torch's thread count is process-wide (the chat model shares it): change it only inside this block.
+
+        Encoders sharing the process (a tuned copy and its `untuned` twin) take turns, so one never
+        restores the count another has just changed.
+        """
+        with _THREAD_COUNT_LOCK:
+            previous = torch.get_num_threads()
+            if self._threads and self._threads != previous:
+                torch.set_num_threads(self._threads)
+            try:
+                yield
+            finally:
+                if torch.get_num_threads() != previous:
+                    torch.set_num_threads(previous)
+
+    def embed_tokens(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(token embeddings, keep, attention mask) of a batch padded at the end; keep/mask are None without padding."""
         longest = max(len(seq) for seq in batch)
         ids = torch.full((len(batch), longest), self._pad_id, dtype=torch.long)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        keep = mask = None
-        if any(len(seq) != longest for seq in batch):
-            lengths = torch.tensor([len(seq) for seq in batch])
-            keep = torch.arange(longest)[None, :] < lengths[:, None]
-            mask = keep[:, None, None, :]  # SDPA: True = attend, so padded keys are hidden from every query
+        keep, mask = padding_masks([len(seq) for seq in batch])
         # Positions count from the first real token (XLM-R: from pad_id + 1); padding sits at the end.
         x = self._word[ids] + self._positions[self._offset : self._offset + longest] + self._type0
-        x = F.layer_norm(x, x.shape[-1:], *self._ln, eps=self._eps)
-        for layer in self._layers:
+        return F.layer_norm(x, x.shape[-1:], *self._ln, eps=self._eps), keep, mask
+
+    def run_layers(self, x: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        """Hidden states after layers start..stop-1 (0-based) of the encoder."""
+        for layer in self._layers[start:stop]:
             x = layer.forward(x, mask, self._heads, self._eps)
-        if keep is None:
-            pooled = x.mean(dim=1)
-        else:
-            weights = keep.unsqueeze(-1).to(x.dtype)
-            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
-        return F.normalize(pooled, p=2.0, dim=1)
+        return x
+
+    def layer(self, index: int) -> Layer:
+        return self._layers[index]
+
+    def with_layers(self, replaced: Mapping[int, Layer], name: str) -> FastE5Encoder:
+        """A copy (sharing every other tensor) whose layers at the given indices are replaced; for tuned variants."""
+        copy = _copy.copy(self)
+        copy._layers = [replaced.get(i, layer) for i, layer in enumerate(self._layers)]
+        copy.name = name
+        return copy
 
 
-class _Layer:
+def padding_masks(lengths: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(keep: real-token flags per row, SDPA mask hiding padded keys), both None when no row is padded."""
+    longest = max(lengths)
+    if all(n == longest for n in lengths):
+        return None, None
+    keep = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]
+    return keep, keep[:, None, None, :]  # SDPA: True = attend
+
+
+def mean_pool(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Mean over real tokens, L2-normalised: the folder's Pooling + Normalize modules."""
+    if keep is None:
+        pooled = x.mean(dim=1)
+    else:
+        weights = keep.unsqueeze(-1).to(x.dtype)
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
+    return F.normalize(pooled, p=2.0, dim=1)
+
+
+class Layer:
     """One post-LayerNorm transformer block with Q/K/V fused into a single matrix product."""
+
+    #: The block's weight matrices, by the names `linear` takes.
+    MATRICES = ("qkv", "out", "up", "down")
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.t = tensors
+
+    def with_deltas(self, deltas: Mapping[str, torch.Tensor]) -> Layer:
+        """This block with `deltas[name]` added to the named weight matrices (a merged LoRA), each kept in its dtype."""
+        tensors = dict(self.t)
+        for name, delta in deltas.items():
+            weight = tensors[name + ".w"]
+            tensors[name + ".w"] = (weight.float() + delta.float()).to(weight.dtype).contiguous()
+        return Layer(tensors)
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         weight, bias = self.t[name + ".w"], self.t[name + ".b"]
@@ -161,7 +228,7 @@ class _Layer:
         return F.layer_norm(x + ffn, (hidden,), self.t["ln2.w"], self.t["ln2.b"], eps)
 
 
-def _layer(weights: dict[str, torch.Tensor], prefix: str, precision: str) -> _Layer:
+def _layer(weights: dict[str, torch.Tensor], prefix: str, precision: str) -> Layer:
     def get(name: str) -> torch.Tensor:
         key = prefix + name
         if key not in weights:
@@ -186,7 +253,7 @@ def _layer(weights: dict[str, torch.Tensor], prefix: str, precision: str) -> _La
     }
     for key in ("qkv.w", "out.w", "up.w", "down.w"):
         t[key] = t[key].to(mat_dtype).contiguous()
-    return _Layer(t)
+    return Layer(t)
 
 
 def _read_folder(root: Path, prompt_name: str | None) -> tuple[dict[str, Any], str, int]:

@@ -44,19 +44,36 @@ def installed_adapters(settings: Settings, warn: Callable[[str], None] = log) ->
 
 
 def build_encoder(settings: Settings) -> Encoder:
-    """The router's sentence encoder: the bundled multilingual-e5-small, or the sentence-transformers model named.
+    """The router's sentence encoder: the bundled multilingual-e5-small tuned for routing, or the model named.
 
-    The bundled one runs on FastE5Encoder with one thread: the same vectors as sentence-transformers
-    (cosine >= 0.99999) at a third of the latency, and stable while the second core generates.
+    The bundled one runs on FastE5Encoder with one thread (the same vectors as sentence-transformers
+    at a third of the latency, and stable while the second core generates) with its top layers
+    tuned on the routing data (adapters/routing_encoder.py: tuned once per data change, cached).
+    Its `untuned` twin, sharing the weights, is what similarity search uses.
     """
     if settings.encoder != BUNDLED:
         return SentenceTransformerEncoder(settings.encoder)
     from adapters.bundled_encoder import prepare_bundled_encoder
     from adapters.fast_encoder import FastE5Encoder
+    from adapters.routing_encoder import load_or_tune
+    from data.labels import load_labelled
 
     path = prepare_bundled_encoder()
     # The name keys the router cache: it names the model, not the code path computing it.
-    return FastE5Encoder(path, name=f"bundled:{path.name}", threads=1)
+    base = FastE5Encoder(path, name=f"bundled:{path.name}", threads=1)
+    return load_or_tune(base, load_labelled(routing_files(settings)), progress=log)
+
+
+def search_encoder(encoder: Encoder) -> Encoder:
+    """The encoder for similarity search (knowledge passages): the published model behind a routing-tuned one.
+
+    Tuning for routing pulls each route's texts together, which blurs which texts mean the same.
+    A wrapper holding the encoder as `inner` (serve's one-call-at-a-time SerialEncoder) is looked
+    through; FastE5Encoder calls already take turns among themselves.
+    """
+    inner = getattr(encoder, "inner", encoder)
+    untuned = getattr(inner, "untuned", inner)
+    return encoder if untuned is inner else untuned
 
 
 def routing_files(settings: Settings, adapters: list[AdapterInfo] | None = None, skip: str | None = None) -> list[Path]:
@@ -89,7 +106,7 @@ def build_router(
     about = load_or_fit_detector(encoder, examples, log=progress)
     routes: dict[str, str | None] = {GENERAL: None}
     routes.update({a.route: a.name for a in adapters})
-    return Router(encoder, fitted.stored, routes, about=about)
+    return Router(encoder, fitted.stored, routes, about=about, search_encoder=search_encoder(encoder))
 
 
 @dataclass
@@ -197,7 +214,7 @@ def build_policy(settings: Settings, router: Router, adapters: list[AdapterInfo]
         entries = load_knowledge(knowledge_folders(adapter.route, adapter.path))
         if entries:
             indexes[adapter.route] = KnowledgeIndex(
-                router.encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
+                router.search_encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
             )
     return AnswerPolicy(load_drug_names(), indexes)
 

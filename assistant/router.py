@@ -86,8 +86,12 @@ class Router:
         routes: Mapping[str, str | None],
         nearest_k: int = 3,
         about: AboutAssistant | None = None,
+        search_encoder: Encoder | None = None,
     ) -> None:
         self.encoder = encoder
+        #: For similarity search (knowledge passages): `encoder` may be tuned to separate routes, which
+        #: blurs which texts mean the same; this one is not (it is `encoder` when none is given).
+        self.search_encoder = search_encoder or encoder
         self.stored = stored
         self.about = about  # flags questions about the assistant, on the same embedding
         self.routes = dict(routes)

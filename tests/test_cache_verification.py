@@ -186,6 +186,7 @@ def tiny_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tiny_bin = write_tiny_bin(tmp_path / "tiny-q4.bin")
     monkeypatch.setattr(bundled_encoder, "locate_bundled_bin", lambda: tiny_bin)
     monkeypatch.setattr(bundled_encoder, "BIN_SHA256", hashlib.sha256(tiny_bin.read_bytes()).hexdigest())
+    monkeypatch.setattr("adapters.routing_encoder.load_or_tune", lambda base, *a, **k: base)  # tuning: own tests
     return tiny_bin
 
 

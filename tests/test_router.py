@@ -9,6 +9,7 @@ from assistant.classifier import SoftmaxClassifier, StoredRouter
 from assistant.router import GENERAL, Router, decide
 from assistant.router_fit import fingerprint, fit_router, fit_thresholds, load_or_fit_router
 from data.labels import Example
+from tests.fakes import HashingEncoder
 
 CARE = [
     "糖尿病患者的照护内容有哪些",
@@ -123,3 +124,20 @@ def test_unknown_route_maps_to_adapter_of_same_name(encoder) -> None:
     router = Router(encoder, fitted.stored, {GENERAL: None})
     assert router.adapter_for("caregiving") == "caregiving"
     assert router.adapter_for(GENERAL) is None
+
+
+def test_routing_and_similarity_search_may_use_different_encoders(encoder) -> None:
+    class Counting(HashingEncoder):
+        calls = 0
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            Counting.calls += 1
+            return super().encode(texts)
+
+    fitted = fit_router(encoder, examples(), folds=3)
+    assert Router(encoder, fitted.stored, {GENERAL: None}).search_encoder is encoder
+    search = Counting()
+    router = Router(encoder, fitted.stored, {GENERAL: None, "caregiving": "caregiving"}, search_encoder=search)
+    assert router.search_encoder is search
+    assert router.route("骨折病人的护理要点").route == "caregiving"
+    assert Counting.calls == 0  # routing never encodes with the search encoder
