@@ -101,7 +101,7 @@ CONTACT = _any(
     r"hotline|e-?mail address|your address|address of|where (is|are) (you|your|the company|yijia)|located",
 )
 # Live data: asked about now. Care questions that only mention the weather or the news ("天气冷了老人
-#怎么保暖", "下雨天关节疼", "看新闻说…") are not live-data questions.
+# 怎么保暖", "下雨天关节疼", "看新闻说…") are not live-data questions.
 LIVE = _any(
     r"(今天|明天|后天|今晚|今早|这周|本周|周末|现在|外面|下午|上午|晚上)[^，。,]{0,6}"
     r"(天气|气温|下雨|下雪|台风|降温|刮风|多少度|冷不冷|热不热)|"
@@ -143,8 +143,7 @@ class Asks:
 def classify(question: str) -> Asks:
     """What the question asks for, by the patterns above (both languages)."""
     return Asks(
-        emergency=bool(EMERGENCY.search(question))
-        and not (CHRONIC.search(question) and not ACUTE.search(question)),
+        emergency=bool(EMERGENCY.search(question)) and not (CHRONIC.search(question) and not ACUTE.search(question)),
         dose=bool(DOSE.search(question)),
         medicine_change=bool(MEDICINE_CHANGE.search(question)),
         price=bool(PRICE.search(question)),

@@ -71,19 +71,16 @@ def _peer_variant(settings: Settings, ids: list[int], threads: int) -> Variant |
 
 
 def _prototypes(settings: Settings, empty: Path, prompt: Any, log: Callable[[str], None]) -> list[Variant]:
-    """Speed fixes measured next to the product path (not yet the product: see each module's docstring)."""
-    from adapters.int8_head import use_int8_output_layer
+    """Speed ideas measured next to the product path (not the product: see each module's docstring).
+
+    (The int8 output layer, once a prototype here, is the product's own since: `ours NF4` has it.)
+    """
     from measurement.bench.int4_torch import convert_to_int4
 
-    log("[bench] loading prototype: NF4 + int8 output layer...")
-    _, head_engine, _, head_facts = load_engine(settings, "4bit", empty, log, prepare=use_int8_output_layer)
     log("[bench] loading prototype: torch int4 kernels instead of bitsandbytes...")
     _, int4_engine, _, int4_facts = load_engine(settings, "bf16", empty, log, prepare=convert_to_int4)
     gc.collect()
-    return [
-        Variant("nf4_int8_head", "prototype: NF4 + int8 lm_head", engine_run(head_engine, prompt, None), head_facts),
-        Variant("int4_torch", "prototype: torch int4 kernels", engine_run(int4_engine, prompt, None), int4_facts),
-    ]
+    return [Variant("int4_torch", "prototype: torch int4 kernels", engine_run(int4_engine, prompt, None), int4_facts)]
 
 
 def _ttft_by_length(
@@ -122,7 +119,7 @@ def _ratios(summary: dict[str, Any], by_key: dict[str, Variant]) -> dict[str, An
     if "llama_cpp" in by_key:
         ratios["nf4_vs_llama_cpp_decode_paired_median"] = median(paired_ratios(by_key["nf4"], by_key["llama_cpp"]))
         ratios["llama_cpp_vs_nf4_ttft"] = ratio(summary["llama_cpp"]["ttft_s"], summary["nf4"]["ttft_s"])
-    for key in ("nf4_base_route", "nf4_int8_head", "int4_torch"):
+    for key in ("nf4_base_route", "int4_torch"):
         if key in summary:
             ratios[f"{key}_vs_nf4_decode"] = ratio(decode.get(key), decode.get("nf4"))
             ratios[f"{key}_vs_llama_cpp_decode"] = ratio(decode.get(key), decode.get("llama_cpp"))
@@ -195,7 +192,7 @@ def generation_part(
     if not isinstance(peer, Variant):
         summary["llama_cpp"] = peer
     reference = by_key["nf4"].timings[-1].text
-    for key in ("nf4_int8_head", "int4_torch"):
+    for key in ("int4_torch",):
         if key in by_key:  # how much of the product's greedy answer a prototype reproduces
             summary[key]["same_answer_share"] = common_prefix_share(reference, by_key[key].timings[-1].text)
     ratios = _ratios(summary, by_key)

@@ -65,7 +65,7 @@ def _router_prototype(rt: dict[str, Any]) -> str:
 
 def _generation_notes(g: dict[str, Any]) -> list[str]:
     notes = []
-    for key in ("nf4_int8_head", "int4_torch"):
+    for key in ("int4_torch",):
         v = g["variants"].get(key)
         if v and "same_answer_share" in v:
             notes.append(
@@ -248,7 +248,7 @@ def snippet(r: dict[str, Any]) -> str:
         f"| router, one query p50 / p95 | {rt['single_ms_p50']:.1f} / {rt['single_ms_p95']:.1f} ms | "
         f"target {rt['target_ms']:.0f} ms |",
     ]
-    for key in ("nf4_int8_head", "int4_torch"):
+    for key in ("int4_torch",):
         if key in v and "decode_tok_s" in v[key]:
             rows.append(
                 f"| decode, {v[key]['label']} | {v[key]['decode_tok_s']:.1f} tok/s | "
