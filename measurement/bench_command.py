@@ -27,7 +27,8 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
         "speed of the NF4 and bf16 base, with and without an adapter, and of llama.cpp on the same GGUF; whole "
         "answers per route as `ask` gives them next to llama.cpp on the same prompts, a 10-turn conversation's "
         "time to first token by turn, and a pasted 100,000-character line; memory of "
-        "the base, adapters and merged models; QLoRA step time. Writes latest.json, latest.md, README-snippet.md "
+        "the base, adapters and merged models; QLoRA step time; with --vllm, `serve` on a vLLM server vs the local "
+        "engine. Writes latest.json, latest.md, README-snippet.md "
         "and PNG charts into a new run folder (the committed report in docs/benchmarks/ only with --update-report).",
     )
     add_common(bench)
@@ -51,6 +52,12 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     bench.add_argument("--adapters", type=int, help="adapters attached for the memory figures (default 10)")
     bench.add_argument("--train-steps", type=int, help="timed QLoRA steps (default 3; 0 skips training)")
     bench.add_argument("--train-seq-len", type=int, help="tokens per training sample (default 256)")
+    bench.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also compare `serve` on a vLLM server with the local engine at 1, 4 and 8 clients (starts vLLM as "
+        "`vllm start` does, or reuses the running one; ~15 min more; not with --quick)",
+    )
 
 
 def options_from(args: Any) -> Any:
@@ -70,6 +77,14 @@ def options_from(args: Any) -> Any:
             from assistant.errors import UsageError
 
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    if getattr(args, "vllm", False):
+        if args.quick:
+            from assistant.errors import UsageError
+
+            raise UsageError(
+                "--vllm cannot be combined with --quick", "drop --quick: the vLLM comparison takes minutes"
+            )
+        options = dataclasses.replace(options, vllm=True)
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from measurement.bench.report_product import headline_rows, snippet_rows
 from measurement.bench.report_product import markdown_rows as product_rows
+from measurement.bench.report_vllm import markdown_rows as vllm_rows
+from measurement.bench.report_vllm import snippet_rows as vllm_snippet_rows
 
 
 def _x(value: float | None, digits: int = 2) -> str:
@@ -214,6 +216,8 @@ def markdown(r: dict[str, Any]) -> str:
         from measurement.bench.serve_bench import markdown_rows
 
         out += markdown_rows(r["serve"])
+    if "vllm" in r:
+        out += vllm_rows(r["vllm"])
     if g.get("profile"):
         out += ["## Where decode time goes", "", *_profile_rows(g["profile"]), ""]
     return "\n".join(out)
@@ -270,6 +274,8 @@ def snippet(r: dict[str, Any]) -> str:
             f"| serve, {busiest['clients']} concurrent clients: latency p50 / p95 | "
             f"{busiest['latency_ms_p50'] / 1000:.1f} / {busiest['latency_ms_p95'] / 1000:.1f} s | |"
         )
+    if "vllm" in r:
+        rows += vllm_snippet_rows(r["vllm"])
     if "skipped" not in t:
         rows.append(
             f"| QLoRA training, {t['batch']} x {t['seq_len']} tokens | {t['s_per_step']:.1f} s/step, "

@@ -14,6 +14,7 @@ from assistant.config import BUNDLED, Settings
 from measurement.bench.generation_part import generation_part
 from measurement.bench.machine import describe_machine, load_average
 from measurement.bench.product_part import product_part
+from measurement.bench.serve_bench import CLIENT_LEVELS
 from measurement.bench.stats import ratio
 
 SCHEMA = 1
@@ -33,7 +34,9 @@ class BenchOptions:
     train_steps: int
     train_seq_len: int
     #: Concurrent clients the serve part measures (none: skipped).
-    serve_clients: tuple[int, ...] = (1, 4, 16)
+    serve_clients: tuple[int, ...] = CLIENT_LEVELS
+    #: Compare `serve` on a vLLM server with the local engine (starts vLLM: minutes, so only when asked).
+    vllm: bool = False
 
     @classmethod
     def full(cls) -> BenchOptions:
@@ -209,6 +212,11 @@ def run_bench(settings: Settings, options: BenchOptions, log: Callable[[str], No
         load["after_serve"] = load_average()
     else:
         result["serve"] = {"skipped": "quick mode (run without --quick for the serve latencies)"}
+    if options.vllm:
+        from measurement.bench.vllm_part import vllm_part
+
+        result["vllm"] = vllm_part(settings, log)
+        load["after_vllm"] = load_average()
     load["end"] = load_average()
     cores = machine["cores_logical"]
     machine["load_average"] = load

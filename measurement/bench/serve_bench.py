@@ -1,4 +1,4 @@
-"""The serve part of the bench: a live `main.py serve` on loopback, latency and queue wait at 1, 4 and 16 clients."""
+"""The serve part of the bench: a live `main.py serve` on loopback, latency and queue wait at 1, 4 and 8 clients."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,9 +24,11 @@ from assistant.config import REPO_ROOT, Settings
 from measurement.bench.stats import median, p95
 from measurement.bench.worker import settings_to_json
 
-#: Concurrent clients measured, each level after the last.
-CLIENT_LEVELS = (1, 4, 16)
-#: Tokens per answer: short, so the 16-client level ends in minutes on a CPU.
+#: Concurrent clients measured, each level after the last. 8 at the top: it fills every slot `serve` gives a
+#: vLLM server (SERVER_ENGINE_SLOTS), so the local and vLLM engines are compared at the same levels by one
+#: code path; the queue's behaviour when full is covered by the serve tests rather than timed here.
+CLIENT_LEVELS = (1, 4, 8)
+#: Tokens per answer: short, so the 8-client level ends in minutes on a CPU.
 ANSWER_TOKENS = 32
 #: Requests per level (at least one per client).
 REQUESTS_PER_LEVEL = 8
@@ -43,7 +46,7 @@ QUESTIONS = (
 READY_TIMEOUT_S = 1800.0
 
 
-def _one(url: str, question: str, max_tokens: int) -> dict[str, Any]:
+def stream_request(url: str, question: str, max_tokens: int) -> dict[str, Any]:
     """One streamed request: status, total and first-text milliseconds, the server's queue wait, tokens.
 
     First text is the first chunk with content: the answer guard lets text out a sentence at a time.
@@ -97,7 +100,7 @@ def _run_level(url: str, clients: int, rounds: int, max_tokens: int) -> tuple[li
     def client(number: int) -> None:
         start.wait()
         for i in range(rounds):
-            result = _one(url, QUESTIONS[(number + i * clients) % len(QUESTIONS)], max_tokens)
+            result = stream_request(url, QUESTIONS[(number + i * clients) % len(QUESTIONS)], max_tokens)
             with lock:
                 results.append(result)
 
@@ -212,6 +215,23 @@ class ServeProcess:
                 self.process.wait()
 
 
+@contextmanager
+def running_serve(settings: Settings, queue_size: int, log: Callable[[str], None]) -> Iterator[tuple[str, float]]:
+    """`main.py serve` with these settings on loopback until the block ends: (its URL, seconds until ready)."""
+    with tempfile.TemporaryDirectory(prefix="yijia-serve-bench-") as folder:
+        config = Path(folder) / "config.toml"
+        config.write_text(_toml(settings), encoding="utf-8")
+        log(f"[bench] serve: starting `main.py serve` on loopback, engine {settings.engine} (subprocess)...")
+        started = time.perf_counter()
+        server = ServeProcess(config, queue_size, log)
+        try:
+            url = server.url()
+            server.wait_ready(url)
+            yield url, time.perf_counter() - started
+        finally:
+            server.stop()
+
+
 def serve_part(
     settings: Settings,
     log: Callable[[str], None],
@@ -220,22 +240,12 @@ def serve_part(
     max_tokens: int = ANSWER_TOKENS,
 ) -> dict[str, Any]:
     """Start `serve` with these settings, measure every level, stop it; a failure becomes {"skipped": why}."""
-    with tempfile.TemporaryDirectory(prefix="yijia-serve-bench-") as folder:
-        config = Path(folder) / "config.toml"
-        config.write_text(_toml(settings), encoding="utf-8")
-        log("[bench] serve: starting `main.py serve` on loopback (subprocess)...")
-        started = time.perf_counter()
-        server = ServeProcess(config, max(levels), log)
-        try:
-            url = server.url()
-            server.wait_ready(url)
-            ready_s = time.perf_counter() - started
+    try:
+        with running_serve(settings, max(levels), log) as (url, ready_s):
             result = measure_levels(url, levels, requests_per_level, max_tokens, log)
-        except (RuntimeError, OSError) as exc:
-            log(f"[bench] serve part failed: {exc}")
-            return {"skipped": f"serve failed: {exc}"}
-        finally:
-            server.stop()
+    except (RuntimeError, OSError) as exc:
+        log(f"[bench] serve part failed: {exc}")
+        return {"skipped": f"serve failed: {exc}"}
     return {
         "levels": result,
         "answer_tokens": max_tokens,
