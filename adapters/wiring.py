@@ -201,22 +201,27 @@ def build_policy(settings: Settings, router: Router, adapters: list[AdapterInfo]
     """The safety rules and answer guard for every route, with knowledge retrieval on each route that has entries.
 
     A route's entries are data/knowledge/ROUTE/*.md plus its adapter folder's own knowledge/; they are
-    embedded with the router's encoder, which is already loaded.
+    embedded with the router's search encoder, which is already loaded. The emergency-sign detector
+    reads the same encoder's vector of the question, so a question is encoded for both once.
     """
     from assistant.answer_policy import AnswerPolicy
+    from assistant.emergency_signs import RepeatingEncoder, load_or_fit_emergency_signs
     from assistant.knowledge import KnowledgeIndex
     from data.drug_names import load_drug_names
     from data.knowledge import knowledge_folders, load_knowledge
+    from data.labels import load_labelled
 
     adapters = installed_adapters(settings) if adapters is None else adapters
+    encoder = RepeatingEncoder(router.search_encoder)
     indexes: dict[str, KnowledgeIndex] = {}
     for adapter in adapters:
         entries = load_knowledge(knowledge_folders(adapter.route, adapter.path))
         if entries:
             indexes[adapter.route] = KnowledgeIndex(
-                router.search_encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
+                encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
             )
-    return AnswerPolicy(load_drug_names(), indexes)
+    emergency = load_or_fit_emergency_signs(encoder, log=log, routing=load_labelled(routing_files(settings, adapters)))
+    return AnswerPolicy(load_drug_names(), indexes, emergency)
 
 
 def generation_params(settings: Settings) -> GenerationParams:

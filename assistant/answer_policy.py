@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from assistant.answer_guard import AnswerGuard
 from assistant.care_rules import Asks, Lead, classify, language_of, lead_for
 from assistant.knowledge import KnowledgeIndex, Passage
+
+if TYPE_CHECKING:  # the detector's module imports numpy and the fitting code; the policy only calls it
+    from assistant.emergency_signs import EmergencySigns
 
 _NOTHING_FOUND = (
     "知识库里没有与这个问题直接相关的条目，下面只是一般性的建议，具体情况请咨询医生或护士。",
@@ -47,11 +51,21 @@ class Prepared:
 
 
 class AnswerPolicy:
-    """The safety rules on every route, and retrieval on the routes that have a knowledge base."""
+    """The safety rules on every route, and retrieval on the routes that have a knowledge base.
 
-    def __init__(self, drug_names: Sequence[str], knowledge: Mapping[str, KnowledgeIndex] | None = None) -> None:
+    `emergency` recognises danger signs by meaning; the emergency regexes stay the floor, so a
+    question is an emergency when either says so (without a detector, the regexes alone decide).
+    """
+
+    def __init__(
+        self,
+        drug_names: Sequence[str],
+        knowledge: Mapping[str, KnowledgeIndex] | None = None,
+        emergency: EmergencySigns | None = None,
+    ) -> None:
         self._drugs = tuple(drug_names)
         self._knowledge = dict(knowledge or {})
+        self._emergency = emergency
 
     def routes_with_knowledge(self) -> list[str]:
         return sorted(self._knowledge)
@@ -62,6 +76,8 @@ class AnswerPolicy:
         A question about the assistant itself is answered from the identity, not the knowledge base.
         """
         asks = classify(question)
+        if not asks.emergency and self._emergency is not None and self._emergency.flags(question):
+            asks = replace(asks, emergency=True, emergency_by_meaning=True)
         lead = lead_for(question, asks)
         lang = language_of(question)
         index = self._knowledge.get(route)

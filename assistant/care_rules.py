@@ -131,6 +131,8 @@ class Asks:
     price: bool = False
     contact: bool = False
     live: bool = False
+    #: The emergency was recognised by meaning (assistant/emergency_signs.py), not by the patterns above.
+    emergency_by_meaning: bool = False
 
     @property
     def any(self) -> bool:

@@ -1,0 +1,176 @@
+"""Recognises danger signs by meaning: a classifier on sentence embeddings, beside the emergency regexes.
+
+Why: families describe an emergency in their own words ("the blood keeps welling out", "he went
+quiet mid-sentence and his smile is crooked"), and a regex misses each new paraphrase. The
+classifier is fitted on data/safety/emergency-examples.jsonl (danger signs told many ways, and
+hard negatives: long-term care, general questions, mild complaints, past events) with the
+published search encoder, whose neighbourhoods follow meaning. The regexes stay as a floor:
+a question is an emergency when either fires.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from assistant.care_rules import classify
+from assistant.classifier import StoredRouter
+from assistant.encoders import Encoder
+from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities, router_cache_dir
+from data import DATA_DIR
+from data.errors import BadInputFile
+from data.labels import GENERAL, Example, load_labelled_file
+
+EMERGENCY = "emergency"
+OTHER = "other"
+EXAMPLES_FILE = DATA_DIR / "safety" / "emergency-examples.jsonl"
+#: Out-of-fold recall the threshold must keep: a missed emergency costs more than an extra "call 120".
+RECALL_TARGET = 0.98
+THRESHOLD_GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
+_THRESHOLD_FILE = "emergency-threshold.json"
+
+
+def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
+    """The detector's labelled questions; a line with another label names the file and line."""
+    examples = load_labelled_file(path)
+    for example in examples:
+        if example.label not in (EMERGENCY, OTHER):
+            line = example.source.rpartition(":")[2]
+            raise BadInputFile(
+                str(path), int(line) if line.isdigit() else None, f"label {example.label!r}", "use emergency or other"
+            )
+    return examples
+
+
+def detector_examples(own: Sequence[Example], routing: Sequence[Example] = ()) -> list[Example]:
+    """The written examples, plus the routing data's general-route questions as everyday negatives.
+
+    Why the routing data: the written negatives are care questions, so without it the detector had
+    never seen "who are you", a phone number or a recipe asked for. Only general-route lines the
+    emergency rules do not flag are taken; caregiving lines are left out because some describe
+    real emergencies in words no rule catches.
+    """
+    written = {e.text for e in own}
+    everyday = [
+        Example(e.text, OTHER, e.source)
+        for e in routing
+        if e.label == GENERAL and e.text not in written and not classify(e.text).emergency
+    ]
+    return [*own, *everyday]
+
+
+def choose_threshold(scores: np.ndarray, is_emergency: np.ndarray, recall: float = RECALL_TARGET) -> float:
+    """The highest threshold on the grid whose recall on `scores` (out-of-fold) still reaches `recall`."""
+    positives = scores[is_emergency]
+    for threshold in sorted(THRESHOLD_GRID, reverse=True):
+        if positives.size and float(np.mean(positives >= threshold)) >= recall:
+            return threshold
+    return min(THRESHOLD_GRID)
+
+
+def cross_validated_threshold(stored: StoredRouter, written: Sequence[str] = (), folds: int = 5) -> dict[str, float]:
+    """The threshold chosen on out-of-fold scores of the stored examples, with its recall and false alarms there.
+
+    False alarms are also given on the `written` negatives alone (the hard ones: long-term care,
+    general questions about a condition, mild complaints, past events).
+    """
+    labels = stored.example_labels
+    l2 = float(stored.metrics.get("l2", 0.01))
+    probs, classes = out_of_fold_probabilities(stored.example_vectors.astype(np.float32), labels, folds, l2)
+    scores = probs[:, classes.index(EMERGENCY)]
+    is_emergency = np.array([label == EMERGENCY for label in labels])
+    threshold = choose_threshold(scores, is_emergency)
+    flagged = scores >= threshold
+    either = flagged | np.array([classify(text).emergency for text in stored.example_texts])
+    own = set(written)
+    hard = np.array([text in own for text in stored.example_texts]) & ~is_emergency
+    return {
+        "threshold": threshold,
+        "cv_recall": float(np.mean(flagged[is_emergency])),
+        "cv_false_alarms": float(np.mean(flagged[~is_emergency])),
+        "cv_false_alarms_written": float(np.mean(flagged[hard])) if hard.any() else 0.0,
+        "cv_recall_with_rules": float(np.mean(either[is_emergency])),
+        "cv_false_alarms_with_rules": float(np.mean(either[~is_emergency])),
+        "cv_false_alarms_written_with_rules": float(np.mean(either[hard])) if hard.any() else 0.0,
+        "negatives": float(np.sum(~is_emergency)),
+        "negatives_written": float(np.sum(hard)),
+        "folds": folds,
+    }
+
+
+@dataclass(frozen=True)
+class EmergencySigns:
+    """A fitted two-class classifier on `encoder`'s vectors; emergency at probability >= threshold."""
+
+    stored: StoredRouter
+    encoder: Encoder
+    threshold: float = 0.5
+    cv: dict[str, float] | None = None  # the threshold's out-of-fold figures on the examples
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """Probability that each (unit) vector describes an emergency."""
+        classifier = self.stored.classifier
+        return classifier.predict_proba(vectors)[:, classifier.classes.index(EMERGENCY)]
+
+    def score(self, question: str) -> float:
+        return float(self.scores(self.encoder.encode([question]))[0])
+
+    def flags(self, question: str) -> bool:
+        """Whether the question describes danger signs, by meaning."""
+        return self.score(question) >= self.threshold
+
+
+def load_or_fit_emergency_signs(
+    encoder: Encoder,
+    examples: Sequence[Example] | None = None,
+    log: Callable[[str], None] | None = None,
+    routing: Sequence[Example] = (),
+) -> EmergencySigns:
+    """The detector for this encoder and data: fitted and its threshold cross-validated once, then cached.
+
+    `examples` defaults to data/safety/emergency-examples.jsonl; `routing` (the router's labelled
+    data) adds its general-route questions as negatives.
+    """
+    log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
+    own = load_examples() if examples is None else list(examples)
+    fitted = load_or_fit_router(encoder, detector_examples(own, routing), log, what="emergency-sign detector")
+    path = router_cache_dir() / fitted.stored.fingerprint[:16] / _THRESHOLD_FILE
+    try:
+        chosen = {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        threshold = chosen["threshold"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        chosen = cross_validated_threshold(fitted.stored, [e.text for e in own])
+        threshold = chosen["threshold"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(chosen), encoding="utf-8")
+        tmp.replace(path)
+    return EmergencySigns(fitted.stored, encoder, threshold, chosen)
+
+
+class RepeatingEncoder:
+    """An encoder that remembers its last single text, so the detector and retrieval encode a question once."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._lock = threading.Lock()
+        self._last: tuple[str, np.ndarray] | None = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) != 1:
+            return self.inner.encode(texts)
+        with self._lock:
+            last = self._last
+        if last is not None and last[0] == texts[0]:
+            return last[1].copy()
+        vectors = self.inner.encode(texts)
+        with self._lock:
+            self._last = (texts[0], vectors.copy())
+        return vectors
