@@ -11,6 +11,7 @@ a question is an emergency when either fires.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -119,11 +120,39 @@ class EmergencySigns:
         return classifier.predict_proba(vectors)[:, classifier.classes.index(EMERGENCY)]
 
     def score(self, question: str) -> float:
-        return float(self.scores(self.encoder.encode([question]))[0])
+        """The question's score: the whole of it, or its most alarming sentence when it has several.
+
+        Why sentences: one vector of a long message (a forwarded chat, news then the danger sign)
+        dilutes the sign; with a sign buried between two other sentences, cross-validated recall
+        on the whole message was 21%, on its best sentence 99% (and false alarms 3% -> 30% on such
+        composed messages: the price, paid only by messages of several sentences).
+        """
+        whole = float(self.scores(self.encoder.encode([question]))[0])
+        parts = sentences(question)
+        if whole >= self.threshold or len(parts) < 2:
+            return whole
+        return max(whole, float(self.scores(self.encoder.encode(parts)).max()))
 
     def flags(self, question: str) -> bool:
         """Whether the question describes danger signs, by meaning."""
         return self.score(question) >= self.threshold
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])|(?<=[.])\s+")
+#: Enough for a long family message; of a pasted document only the start is read piece by piece,
+#: so the extra encode stays small. A long run-on sentence is read in windows of this many characters.
+MAX_SENTENCES = 24
+MAX_SENTENCE_CHARS = 200
+MIN_SENTENCE_CHARS = 6
+
+
+def sentences(text: str) -> list[str]:
+    """The text's sentences of some length, long ones in windows (at most MAX_SENTENCES), for scoring one by one."""
+    pieces = []
+    for part in _SENTENCE_END.split(text[: MAX_SENTENCES * MAX_SENTENCE_CHARS]):
+        part = part.strip()
+        pieces += [part[i : i + MAX_SENTENCE_CHARS] for i in range(0, len(part), MAX_SENTENCE_CHARS)]
+    return [p for p in pieces if len(p) >= MIN_SENTENCE_CHARS][:MAX_SENTENCES]
 
 
 def load_or_fit_emergency_signs(

@@ -21,6 +21,7 @@ from assistant.emergency_signs import (
     choose_threshold,
     load_examples,
     load_or_fit_emergency_signs,
+    sentences,
 )
 from data.errors import BadInputFile
 from data.labels import Example
@@ -56,6 +57,19 @@ def test_detector_fits_flags_and_is_cached() -> None:
     again = load_or_fit_emergency_signs(encoder, EXAMPLES, log=refit)
     assert again.stored.fingerprint == detector.stored.fingerprint
     assert again.threshold == detector.threshold and again.cv == detector.cv
+
+
+def test_a_sign_buried_in_a_long_message_is_scored_by_its_own_sentence() -> None:
+    detector = fitted_detector(HashingEncoder())
+    message = (
+        "推荐几道适合老人的菜，我们今天买了很多鱼和青菜。我们下午去公园散步，晚上打算看电视。"
+        f"{UNSEEN_BLEEDING}。老人晚上睡不着怎么办？"
+    )
+    whole = float(detector.scores(detector.encoder.encode([message]))[0])
+    assert whole < detector.threshold <= detector.score(message)  # diluted as a whole, caught by its sentence
+    assert detector.flags(message) and not detector.flags("推荐几道适合老人的菜。老人晚上睡不着怎么办？")
+    assert sentences("Mum went out. Then she fell.\nok") == ["Mum went out.", "Then she fell."]
+    assert [len(p) for p in sentences("好" * 450)] == [200, 200, 50]  # a run-on read in windows
 
 
 def test_threshold_is_the_highest_that_keeps_the_recall() -> None:
