@@ -43,7 +43,7 @@ def fingerprint(encoder_name: str, examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
-def _folds(labels: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
+def stratified_folds(labels: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
     """Stratified fold ids, deterministic."""
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(labels), dtype=int)
@@ -65,7 +65,7 @@ def out_of_fold_probabilities(
     classes = tuple(sorted(set(labels)))
     probs = np.zeros((len(labels), len(classes)))
     y = np.array(labels)
-    for held in _folds(labels, k):
+    for held in stratified_folds(labels, k):
         train = np.setdiff1d(np.arange(len(labels)), held)
         clf = SoftmaxClassifier.fit(x[train], list(y[train]), l2=l2)
         cols = np.array([classes.index(c) for c in clf.classes])
