@@ -199,13 +199,16 @@ class Lead:
 def lead_for(question: str, asks: Asks | None = None) -> Lead | None:
     """The words an answer must start with under the rules, or None when the model may answer freely.
 
-    An emergency leads before anything else. A question only about live data is answered by the
-    rule alone: the model would invent the weather.
+    An emergency leads before anything else. A question about live data is answered by the rule
+    alone (the model would invent the weather), unless the patterns saw danger signs in it: then
+    the model may add first aid after the 120 line. A flag from the meaning detector alone does
+    not lift the rule, since its false alarms include live questions that mention a worry ("is it
+    too hot for dad's walk"), and the model then invented a temperature.
     """
     asks = asks or classify(question)
     lang = 0 if language_of(question) == "zh" else 1
     parts = [_LEADS[k][lang] for k in ("emergency", "dose", "medicine_change", "price", "contact") if getattr(asks, k)]
-    if asks.live and not asks.emergency:
+    if asks.live and (not asks.emergency or asks.emergency_by_meaning):
         return Lead(" ".join([*parts, _LEADS["live"][lang]]).strip(), complete=True)
     if not parts:
         return None

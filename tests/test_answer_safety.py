@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,18 @@ def test_live_data_is_answered_by_the_rule_alone_in_the_question_language() -> N
     assert zh is not None and zh.complete and "实时" in zh.text
     assert en is not None and en.complete and "live information" in en.text
     assert lead_for("洗澡水温度多少合适") is None  # a care question that only sounds like a reading
+
+
+def test_a_live_question_flagged_only_by_meaning_stays_answered_by_the_rule() -> None:
+    question = "what's the weather like in shanghai right now? is it too hot for dad's walk"
+    by_meaning = replace(classify(question), emergency=True, emergency_by_meaning=True)
+    lead = lead_for(question, by_meaning)
+    assert lead is not None and lead.complete  # the model never gets to invent a temperature
+    assert lead.text.startswith("⚠️") and "live information" in lead.text  # the 120 line still comes first
+    by_pattern = classify("he can't breathe, what's the weather like now, should I open the window")
+    assert by_pattern.emergency and by_pattern.live
+    named = lead_for("he can't breathe, what's the weather like now, should I open the window", by_pattern)
+    assert named is not None and not named.complete  # signs the patterns saw: first aid may follow
 
 
 def test_dose_medicine_price_and_contact_questions_are_recognised() -> None:
