@@ -51,7 +51,10 @@ def assistant_token_loss(model: Any, examples: Sequence[dict[str, list[int]]]) -
         count += int(mask.sum())
         per_example.append(float(nll) / int(mask.sum()))
     if not count:
-        raise UsageError("no assistant tokens to score", "every example needs an assistant answer")
+        raise UsageError(
+            "no assistant tokens to score: every example's answer is missing or cut off by --max-length",
+            "raise --max-length (examples with knowledge passages need ~1400 tokens), and give each line an answer",
+        )
     return LossResult(total / count, count, tuple(per_example))
 
 
