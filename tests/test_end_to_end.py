@@ -64,10 +64,10 @@ def test_bad_utf8_line_is_reported_and_the_rest_answered() -> None:
 def test_routing_on_real_user_like_questions_does_not_regress() -> None:
     """The router on the held-out set written like real users' questions (never trained or tuned on).
 
-    Floors at the level measured when this set arrived (all 91.1%, en 88.3%, general 91.5%): a guard
-    against regressions, not the goal. The goal (97% overall, 95% per language and route) is open.
-    The older validation.jsonl is not used here: its misses chose later training lines, so its
-    figure no longer measures.
+    Floors just under the measured level (all 96.4%, zh 96.3%, en 96.5%, caregiving 96.1%, general
+    96.7%): a guard against regressions. The goal of 97% overall is not reached yet. The older
+    validation.jsonl is not used here: its misses chose later training lines, so its figure no
+    longer measures.
     """
     path = HELDOUT_DIR / "real-users-validation.jsonl"
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
@@ -81,8 +81,8 @@ def test_routing_on_real_user_like_questions_does_not_regress() -> None:
         for key in ("all", row["lang"], row["label"]):
             groups[key].append(ok)
     accuracy = {k: sum(v) / len(v) for k, v in groups.items()}
-    assert accuracy["all"] >= 0.90, accuracy
-    assert min(accuracy.values()) >= 0.87, accuracy
+    assert accuracy["all"] >= 0.96, accuracy
+    assert min(accuracy.values()) >= 0.95, accuracy
 
 
 def test_questions_about_the_assistant_are_recognised_and_others_rarely() -> None:
