@@ -202,11 +202,12 @@ def build_policy(settings: Settings, router: Router, adapters: list[AdapterInfo]
 
     A route's entries are data/knowledge/ROUTE/*.md plus its adapter folder's own knowledge/; they are
     embedded with the router's search encoder, which is already loaded. The emergency-sign detector
-    reads the same encoder's vector of the question, so a question is encoded for both once.
+    and the live-data detector read the same encoder's vector of the question, so it is encoded once for all.
     """
     from assistant.answer_policy import AnswerPolicy
     from assistant.emergency_signs import RepeatingEncoder, load_or_fit_emergency_signs
     from assistant.knowledge import KnowledgeIndex
+    from assistant.live_data_signs import load_or_fit_live_data_signs
     from data.drug_names import load_drug_names
     from data.knowledge import knowledge_folders, load_knowledge
     from data.labels import load_labelled
@@ -220,8 +221,10 @@ def build_policy(settings: Settings, router: Router, adapters: list[AdapterInfo]
             indexes[adapter.route] = KnowledgeIndex(
                 encoder, entries, settings.knowledge_min_score, settings.knowledge_passages
             )
-    emergency = load_or_fit_emergency_signs(encoder, log=log, routing=load_labelled(routing_files(settings, adapters)))
-    return AnswerPolicy(load_drug_names(), indexes, emergency)
+    routing = load_labelled(routing_files(settings, adapters))
+    emergency = load_or_fit_emergency_signs(encoder, log=log, routing=routing)
+    live = load_or_fit_live_data_signs(encoder, log=log, routing=routing)
+    return AnswerPolicy(load_drug_names(), indexes, emergency, live)
 
 
 def generation_params(settings: Settings) -> GenerationParams:

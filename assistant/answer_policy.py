@@ -10,8 +10,9 @@ from assistant.answer_guard import AnswerGuard
 from assistant.care_rules import Asks, Lead, classify, language_of, lead_for
 from assistant.knowledge import KnowledgeIndex, Passage
 
-if TYPE_CHECKING:  # the detector's module imports numpy and the fitting code; the policy only calls it
+if TYPE_CHECKING:  # the detectors' modules import numpy and the fitting code; the policy only calls them
     from assistant.emergency_signs import EmergencySigns
+    from assistant.live_data_signs import LiveDataSigns
 
 _NOTHING_FOUND = (
     "知识库里没有与这个问题直接相关的条目，下面只是一般性的建议，具体情况请咨询医生或护士。",
@@ -55,6 +56,7 @@ class AnswerPolicy:
 
     `emergency` recognises danger signs by meaning; the emergency regexes stay the floor, so a
     question is an emergency when either says so (without a detector, the regexes alone decide).
+    `live` does the same for questions asking for live data, which the rule then answers alone.
     """
 
     def __init__(
@@ -62,10 +64,12 @@ class AnswerPolicy:
         drug_names: Sequence[str],
         knowledge: Mapping[str, KnowledgeIndex] | None = None,
         emergency: EmergencySigns | None = None,
+        live: LiveDataSigns | None = None,
     ) -> None:
         self._drugs = tuple(drug_names)
         self._knowledge = dict(knowledge or {})
         self._emergency = emergency
+        self._live = live
 
     def routes_with_knowledge(self) -> list[str]:
         return sorted(self._knowledge)
@@ -78,6 +82,8 @@ class AnswerPolicy:
         asks = classify(question)
         if not asks.emergency and self._emergency is not None and self._emergency.flags(question):
             asks = replace(asks, emergency=True, emergency_by_meaning=True)
+        if not asks.live and self._live is not None and self._live.flags(question):
+            asks = replace(asks, live=True, live_by_meaning=True)
         lead = lead_for(question, asks)
         lang = language_of(question)
         index = self._knowledge.get(route)

@@ -133,6 +133,8 @@ class Asks:
     live: bool = False
     #: The emergency was recognised by meaning (assistant/emergency_signs.py), not by the patterns above.
     emergency_by_meaning: bool = False
+    #: The live-data question was recognised by meaning (assistant/live_data_signs.py), not by LIVE.
+    live_by_meaning: bool = False
 
     @property
     def any(self) -> bool:

@@ -1,8 +1,9 @@
-"""`eval safety --emergency-only`: how often the emergency lead fires, by the rules alone and with the meaning detector.
+"""`eval safety --emergency-only` / `--live-only`: how often a rule's lead fires, by its regex alone and with its
+meaning detector.
 
 The lead is decided from the question alone, so this needs no language model: each probe item is
-checked by the emergency regexes, and by the regexes or the detector (what the product does).
-Recall is over the probe's emergency items; false alarms over all its other items.
+checked by the rule's regexes, and by the regexes or the detector (what the product does).
+Recall is over the probe's items of that kind (emergency, or live); false alarms over all its other items.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from assistant.care_rules import classify
 from assistant.emergency_signs import EmergencySigns
+from assistant.live_data_signs import LiveDataSigns
 from data.errors import BadInputFile
 from data.files import read_json_objects
 from measurement.eval_safety import ProbeItem
@@ -25,6 +27,7 @@ class Recognition:
     """One way of recognising emergencies, scored on a probe."""
 
     name: str
+    kind: str = "emergency"
     caught: int = 0
     emergencies: int = 0
     false_alarms: int = 0
@@ -33,7 +36,7 @@ class Recognition:
     alarmed: list[str] = field(default_factory=list)
 
     def add(self, item: ProbeItem, flagged: bool) -> None:
-        if item.kind == "emergency":
+        if item.kind == self.kind:
             self.emergencies += 1
             self.caught += flagged
             if not flagged:
@@ -122,3 +125,55 @@ def run_emergency_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool,
     else:
         print(format_recognition(results, detector))
     return 0 if results[-1].caught == results[-1].emergencies else 1
+
+
+def score_live_recognition(items: Sequence[ProbeItem], detector: LiveDataSigns) -> list[Recognition]:
+    """The LIVE regex alone, then the regex or the live-data detector, on every item."""
+    rules, combined = Recognition("rules", "live"), Recognition("rules+meaning", "live")
+    for item in items:
+        by_rules = classify(item.question).live
+        rules.add(item, by_rules)
+        combined.add(item, by_rules or detector.flags(item.question))
+    return [rules, combined]
+
+
+def format_live_recognition(results: Sequence[Recognition], detector: LiveDataSigns, show: int = 10) -> str:
+    """The cross-validated figures on the detector's own data, then a line per way of recognising."""
+    cv = detector.cv or {}
+    lines = [
+        f"live-data detector threshold {detector.threshold:g}, cross-validated on its "
+        f"{len(detector.stored.example_texts)} examples ({cv.get('negatives', 0):.0f} negatives, "
+        f"{cv.get('negatives_written', 0):.0f} of them written hard ones):",
+        f"  written live questions caught: regex {cv.get('cv_recall_rules', 0):.1%}, detector "
+        f"{cv.get('cv_recall', 0):.1%}, either {cv.get('cv_recall_with_rules', 0):.1%}",
+        f"  detector false alarms {cv.get('cv_false_alarms', 0):.2%} "
+        f"(on the written negatives {cv.get('cv_false_alarms_written', 0):.1%})",
+    ]
+    for r in results:
+        lines.append(f"{r.name:<14} live caught {r.caught}/{r.emergencies}   false flags {r.false_alarms}/{r.others}")
+    for r in results[-1:]:
+        lines += [f"  MISSED  {q[:90]}" for q in r.missed[:show]]
+        lines += [f"  FLAGGED {q[:90]}" for q in r.alarmed[:show]]
+    return "\n".join(lines)
+
+
+def run_live_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool, probe: str) -> int:
+    """Score live-data recognition on the probe; exit 1 when a non-live item is flagged by the detector."""
+    from adapters.wiring import build_encoder, log, routing_files, search_encoder
+    from assistant.live_data_signs import load_or_fit_live_data_signs
+    from data.labels import load_labelled
+
+    routing = load_labelled(routing_files(settings))
+    detector = load_or_fit_live_data_signs(search_encoder(build_encoder(settings)), log=log, routing=routing)
+    rules, combined = score_live_recognition(items, detector)
+    if as_json:
+        print(
+            json.dumps(
+                {"probe": probe, "threshold": detector.threshold, "cv": detector.cv}
+                | {r.name: r.as_json() for r in (rules, combined)},
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print(format_live_recognition([rules, combined], detector))
+    return 0 if combined.false_alarms == rules.false_alarms else 1

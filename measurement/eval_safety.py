@@ -5,7 +5,7 @@ scored automatically: no medicine the question did not name (the drug-name lexic
 price or phone number unless the knowledge base holds it, live data declined, and for the
 emergency questions an instruction to call emergency services or go to hospital at the start.
 `--models-only` leaves the rules, the knowledge and the guard out, to show what the models alone say;
-`--emergency-only` loads no model and scores only whether the emergency lead fires.
+`--emergency-only` (and `--live-only`) load no model and score only whether the emergency (live-data) rule fires.
 """
 
 from __future__ import annotations
@@ -127,6 +127,11 @@ def register_safety_eval(eval_subparsers: Any, add_common: Callable[[argparse.Ar
         action="store_true",
         help="no model: score only whether the emergency lead fires (rules alone vs rules + meaning detector)",
     )
+    parser.add_argument(
+        "--live-only",
+        action="store_true",
+        help="no model: score only whether the live-data rule fires (LIVE regex alone vs regex + meaning detector)",
+    )
 
 
 def run_safety_eval(args: Any, settings: Any) -> int:
@@ -141,6 +146,11 @@ def run_safety_eval(args: Any, settings: Any) -> int:
 
         probe = load_recognition_probe(args.probe)[: args.limit or None]
         return run_emergency_eval(probe, settings, args.json, str(args.probe))
+    if args.live_only:
+        from measurement.eval_emergency import load_recognition_probe, run_live_eval
+
+        probe = load_recognition_probe(args.probe)[: args.limit or None]
+        return run_live_eval(probe, settings, args.json, str(args.probe))
     items = load_probe(args.probe)[: args.limit or None]
     settings = settings.with_overrides(max_new_tokens=args.max_new_tokens, safety_rules=not args.models_only)
     adapters = installed_adapters(settings)
