@@ -20,7 +20,8 @@ def test_shipped_manifest_records_what_the_issue_asks_for() -> None:
     manifest = read_manifest(SHIPPED)
     assert manifest["route"] == "caregiving" and manifest["base_checksum"] == GGUF_SHA256
     assert manifest["val_loss"]["adapter"] < manifest["val_loss"]["base"]
-    assert manifest["data"]["file"] == "data/caregiving/caregiving.jsonl" and manifest["data"]["checksum"]
+    assert manifest["data"]["file"] == "data/caregiving/grounded.jsonl" and manifest["data"]["checksum"]
+    assert manifest["knowledge"]["dir"] == "data/knowledge/caregiving" and manifest["knowledge"]["grounded_samples"] > 0
     for key in ("config", "steps", "wall_time_s", "peak_memory_mb", "created"):
         assert manifest[key], key
     assert set(manifest["metrics"]["identity_probe"]) == {"general", "caregiving"}
