@@ -10,7 +10,6 @@ a question is an emergency when either fires.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import threading
@@ -23,10 +22,10 @@ import numpy as np
 from assistant.care_rules import classify
 from assistant.classifier import StoredRouter
 from assistant.encoders import Encoder
-from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities, router_cache_dir
+from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities
+from assistant.sign_detector import cached_figures, load_detector_examples, threshold_path
 from data import DATA_DIR
-from data.errors import BadInputFile
-from data.labels import GENERAL, Example, load_labelled_file
+from data.labels import GENERAL, Example
 
 EMERGENCY = "emergency"
 OTHER = "other"
@@ -39,14 +38,7 @@ _THRESHOLD_FILE = "emergency-threshold.json"
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
     """The detector's labelled questions; a line with another label names the file and line."""
-    examples = load_labelled_file(path)
-    for example in examples:
-        if example.label not in (EMERGENCY, OTHER):
-            line = example.source.rpartition(":")[2]
-            raise BadInputFile(
-                str(path), int(line) if line.isdigit() else None, f"label {example.label!r}", "use emergency or other"
-            )
-    return examples
+    return load_detector_examples(path, (EMERGENCY, OTHER))
 
 
 def detector_examples(own: Sequence[Example], routing: Sequence[Example] = ()) -> list[Example]:
@@ -169,18 +161,9 @@ def load_or_fit_emergency_signs(
     log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
     own = load_examples() if examples is None else list(examples)
     fitted = load_or_fit_router(encoder, detector_examples(own, routing), log, what="emergency-sign detector")
-    path = router_cache_dir() / fitted.stored.fingerprint[:16] / _THRESHOLD_FILE
-    try:
-        chosen = {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        threshold = chosen["threshold"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        chosen = cross_validated_threshold(fitted.stored, [e.text for e in own])
-        threshold = chosen["threshold"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(chosen), encoding="utf-8")
-        tmp.replace(path)
-    return EmergencySigns(fitted.stored, encoder, threshold, chosen)
+    path = threshold_path(fitted.stored, _THRESHOLD_FILE)
+    chosen = cached_figures(path, lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]))
+    return EmergencySigns(fitted.stored, encoder, chosen["threshold"], chosen)
 
 
 class RepeatingEncoder:

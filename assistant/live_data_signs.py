@@ -11,7 +11,6 @@ information", so the threshold keeps out-of-fold false alarms on the negatives a
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ import numpy as np
 from assistant.care_rules import classify
 from assistant.classifier import StoredRouter
 from assistant.encoders import Encoder
-from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities, router_cache_dir
+from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities
+from assistant.sign_detector import cached_figures, load_detector_examples, threshold_path
 from data import DATA_DIR
-from data.errors import BadInputFile
-from data.labels import Example, load_labelled_file
+from data.labels import Example
 
 LIVE = "live"
 OTHER = "other"
@@ -38,14 +37,7 @@ _THRESHOLD_FILE = "live-data-threshold.json"
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
     """The detector's labelled questions; a line with another label names the file and line."""
-    examples = load_labelled_file(path)
-    for example in examples:
-        if example.label not in (LIVE, OTHER):
-            line = example.source.rpartition(":")[2]
-            raise BadInputFile(
-                str(path), int(line) if line.isdigit() else None, f"label {example.label!r}", "use live or other"
-            )
-    return examples
+    return load_detector_examples(path, (LIVE, OTHER))
 
 
 def detector_examples(own: Sequence[Example], routing: Sequence[Example] = ()) -> list[Example]:
@@ -137,23 +129,6 @@ def load_or_fit_live_data_signs(
     log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
     own = load_examples() if examples is None else list(examples)
     fitted = load_or_fit_router(encoder, detector_examples(own, routing), log, what="live-data detector")
-    path = router_cache_dir() / fitted.stored.fingerprint[:16] / _THRESHOLD_FILE
+    path = threshold_path(fitted.stored, _THRESHOLD_FILE)
     chosen = cached_figures(path, lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]))
-    threshold = chosen["threshold"]
-    return LiveDataSigns(fitted.stored, encoder, threshold, chosen)
-
-
-def cached_figures(path: Path, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """The figures stored at `path`, or `compute()`d and stored there when missing or damaged."""
-    try:
-        figures = {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        if "threshold" in figures:
-            return figures
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass  # missing or damaged: computed again below
-    figures = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(figures), encoding="utf-8")
-    tmp.replace(path)
-    return figures
+    return LiveDataSigns(fitted.stored, encoder, chosen["threshold"], chosen)

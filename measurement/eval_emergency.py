@@ -68,11 +68,13 @@ def load_recognition_probe(path: Path) -> list[ProbeItem]:
     return items
 
 
-def score_recognition(items: Sequence[ProbeItem], detector: EmergencySigns) -> list[Recognition]:
-    """The rules alone, then the rules or the detector, on every item."""
-    rules, combined = Recognition("rules"), Recognition("rules+meaning")
+def score_recognition(
+    items: Sequence[ProbeItem], detector: EmergencySigns | LiveDataSigns, kind: str = "emergency"
+) -> list[Recognition]:
+    """The regex alone, then the regex or the detector, on every item; `kind` names the rule: "emergency" or "live"."""
+    rules, combined = Recognition("rules", kind), Recognition("rules+meaning", kind)
     for item in items:
-        by_rules = classify(item.question).emergency
+        by_rules = bool(getattr(classify(item.question), kind))
         rules.add(item, by_rules)
         combined.add(item, by_rules or detector.flags(item.question))
     return [rules, combined]
@@ -127,16 +129,6 @@ def run_emergency_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool,
     return 0 if results[-1].caught == results[-1].emergencies else 1
 
 
-def score_live_recognition(items: Sequence[ProbeItem], detector: LiveDataSigns) -> list[Recognition]:
-    """The LIVE regex alone, then the regex or the live-data detector, on every item."""
-    rules, combined = Recognition("rules", "live"), Recognition("rules+meaning", "live")
-    for item in items:
-        by_rules = classify(item.question).live
-        rules.add(item, by_rules)
-        combined.add(item, by_rules or detector.flags(item.question))
-    return [rules, combined]
-
-
 def format_live_recognition(results: Sequence[Recognition], detector: LiveDataSigns, show: int = 10) -> str:
     """The cross-validated figures on the detector's own data, then a line per way of recognising."""
     cv = detector.cv or {}
@@ -165,7 +157,7 @@ def run_live_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool, prob
 
     routing = load_labelled(routing_files(settings))
     detector = load_or_fit_live_data_signs(search_encoder(build_encoder(settings)), log=log, routing=routing)
-    rules, combined = score_live_recognition(items, detector)
+    rules, combined = score_recognition(items, detector, "live")
     if as_json:
         print(
             json.dumps(

@@ -23,7 +23,7 @@ from assistant.live_data_signs import (
 )
 from data.errors import BadInputFile
 from data.labels import GENERAL, Example
-from measurement.eval_emergency import load_recognition_probe, score_live_recognition
+from measurement.eval_emergency import load_recognition_probe, score_recognition
 from tests.fakes import HashingEncoder
 
 ASKS_NOW = ["外头现在落雨伐", "外头现在落雪伐", "外头现在刮风伐", "外头现在出太阳伐"]
@@ -121,7 +121,7 @@ def test_live_recognition_eval_counts_recall_and_false_flags(tmp_path: Path) -> 
         {"question": "推荐几道适合老人的菜", "kind": "medicine"},
     ]
     probe.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
-    rules, combined = score_live_recognition(load_recognition_probe(probe), fitted_detector(HashingEncoder()))
+    rules, combined = score_recognition(load_recognition_probe(probe), fitted_detector(HashingEncoder()), "live")
     assert (rules.caught, rules.emergencies, rules.false_alarms, rules.others) == (1, 2, 0, 2)
     assert (combined.caught, combined.false_alarms) == (2, 0)
     assert rules.missed == [UNSEEN_LIVE]

@@ -1,0 +1,44 @@
+"""What the meaning detectors beside the care rules share: their labelled examples file and their cached threshold."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from assistant.classifier import StoredRouter
+from assistant.router_fit import router_cache_dir
+from data.errors import BadInputFile
+from data.labels import Example, load_labelled_file
+
+
+def load_detector_examples(path: Path, labels: Sequence[str]) -> list[Example]:
+    """A detector's labelled questions; a line with a label not in `labels` names the file and line."""
+    examples = load_labelled_file(path)
+    for example in examples:
+        if example.label not in labels:
+            line = example.source.rpartition(":")[2]
+            number = int(line) if line.isdigit() else None
+            raise BadInputFile(str(path), number, f"label {example.label!r}", f"use {' or '.join(labels)}")
+    return examples
+
+
+def threshold_path(stored: StoredRouter, file_name: str) -> Path:
+    """Where a detector's cross-validated threshold is kept: beside its fitted classifier in the router cache."""
+    return router_cache_dir() / stored.fingerprint[:16] / file_name
+
+
+def cached_figures(path: Path, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The figures stored at `path`, or `compute()`d and stored there when missing or damaged."""
+    try:
+        figures = {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        if "threshold" in figures:
+            return figures
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # missing or damaged: computed again below
+    figures = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(figures), encoding="utf-8")
+    tmp.replace(path)
+    return figures
