@@ -220,6 +220,9 @@ def test_full_bench_on_tiny_gguf_includes_peer_training_and_profile(
     else:
         assert_positive(result, PEER)
         assert result["generation"]["variants"]["llama_cpp"]["new_tokens"] == 16
+        replay = result["product"]["answers"]["llama_cpp_replay"]
+        assert replay["prompts"] == 6 and 0 <= replay["same"] <= 6
+    assert len(result["product"]["conversation"]["agreed_chars_replayed"]) == 10
     report = (out / "latest.md").read_text(encoding="utf-8")
     assert "Where decode time goes" in report and "As users meet it" in report
     # The product's answers against the engine before this change and the packed-attention prototype.
@@ -247,3 +250,12 @@ def test_bench_writes_a_new_run_folder_unless_asked_to_update_the_report(tmp_pat
     assert REPO_ROOT not in first.parents
     assert output_folder(Namespace(out=None, update_report=True), quick=False) == DOCS_DIR
     assert output_folder(Namespace(out=tmp_path, update_report=False), quick=True) == tmp_path
+
+
+def test_shared_chars_counts_the_common_start_of_two_answers() -> None:
+    from measurement.bench.conversation import shared_chars
+
+    assert shared_chars("我不能确定她是否真的失眠", "我不能确定她是否真的睡不好") == 10
+    assert shared_chars("same", "same") == 4
+    assert shared_chars("abc", "abcdef") == 3
+    assert shared_chars("", "x") == 0

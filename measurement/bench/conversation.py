@@ -89,7 +89,14 @@ def measure_conversation(
         "new_tokens": new_tokens,
         "turns": rows,
         "last_vs_first_ttft": last / first if first else None,
-        # Turns whose answer came out the same with everything prefilled (the kept keys/values of earlier
-        # answers were computed one token at a time, so the last digits can differ and flip a near tie).
+        # Turns whose answer came out the same with everything prefilled. Keys/values computed in other
+        # slices (a turn at a time, an answer a token at a time) round differently in their last bits, in
+        # float32 too, and a near tie between two tokens can then flip; llama.cpp does the same (peer check).
         "same_answers_replayed": [a["turn"] for a, b in zip(kept, full, strict=True) if a["answer"] == b["answer"]],
+        "agreed_chars_replayed": [shared_chars(a["answer"], b["answer"]) for a, b in zip(kept, full, strict=True)],
     }
+
+
+def shared_chars(a: str, b: str) -> int:
+    """How many leading characters two answers have in common."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))

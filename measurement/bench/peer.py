@@ -80,3 +80,18 @@ class LlamaCppPeer:
         finally:
             generator.close()
         return time.perf_counter() - started, made
+
+    def greedy_ids(self, ids: list[int], new_tokens: int, keep_prefix: bool) -> list[int]:
+        """The first `new_tokens` greedy ids after `ids`: reusing the prefix kept from the previous call, or not."""
+        if not keep_prefix:
+            self._llm.reset()  # nothing reused: the whole prompt is prefilled in one pass
+        out: list[int] = []
+        generator = self._llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True)
+        try:
+            for token in generator:
+                out.append(int(token))
+                if len(out) >= new_tokens:
+                    break
+        finally:
+            generator.close()
+        return out

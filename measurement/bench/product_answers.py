@@ -109,6 +109,7 @@ def measure_answers(
     speeds: dict[str, dict[str, list[float]]] = {}
     texts: dict[str, dict[str, str]] = {}
     prompt_tokens: dict[str, list[float]] = {}
+    prompts: dict[str, list[int]] = {}
     for round_no in range(1, rounds + 1):
         for question in QUESTIONS:
             for name, scope in variants.items():
@@ -118,6 +119,7 @@ def measure_answers(
                 speeds.setdefault(name, {}).setdefault(route, []).append(tokens / seconds if seconds else 0.0)
                 texts.setdefault(name, {})[question] = text
             ids = prompt_ids(engine, call)
+            prompts[question] = ids
             prompt_tokens.setdefault(route, []).append(float(len(ids)))
             if peer is not None:
                 peer_s, made = peer.answer(ids, max(1, tokens))
@@ -144,4 +146,21 @@ def measure_answers(
             for name, by_route in tok_s.items()
             if name != "llama_cpp"
         }
+    if peer is not None:
+        result["llama_cpp_replay"] = peer_replay(peer, [prompts[q] for q in QUESTIONS], 96)
     return result
+
+
+def peer_replay(peer: Any, prompts: Sequence[list[int]], new_tokens: int) -> dict[str, Any]:
+    """llama.cpp's answers with the shared prefix kept vs the whole prompt prefilled: how many are the same.
+
+    Our conversation replay asks this of our engine; llama.cpp's figure shows how often slicing the
+    same arithmetic differently flips a greedy near tie in another mature engine.
+    """
+    same = 0
+    for ids in prompts:
+        peer.greedy_ids(ids[: max(1, len(ids) // 2)], 1, keep_prefix=False)  # leaves half the prompt kept
+        kept = peer.greedy_ids(ids, new_tokens, keep_prefix=True)
+        whole = peer.greedy_ids(ids, new_tokens, keep_prefix=False)
+        same += kept == whole
+    return {"prompts": len(prompts), "new_tokens": new_tokens, "same": same}
