@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from adapters.prompt_fit import fit_prompt
 from adapters.registry import read_manifest, write_manifest
 from assistant.engine import EngineInfo, GenerationParams, Message, StreamStats
 from assistant.errors import GenerationFailed, UsageError
-from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
+from tests.tiny_models import build_tiny_engine_files, build_tiny_lora, tiny_base_checksum
 
 SYSTEM = "You are Yijia, a helpful assistant."
 QUESTION = [Message("user", "hello, who are you? 你好")]
@@ -30,25 +29,13 @@ GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
 INFO = EngineInfo(base_model="tiny-qwen2", quantization="fp32", device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy 2-core machine a second one costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny base and an adapters dir holding two LoRAs trained on it (random weights)."""
-    root = tmp_path_factory.mktemp("tiny")
-    base = build_tiny_qwen2(root / "base")
-    adapters = root / "adapters"
-    adapters.mkdir()
-    build_tiny_lora(base, adapters / "alpha", "alpha", "route-a", 1)
-    build_tiny_lora(base, adapters / "beta", "beta", "route-b", 2)
-    return {"root": root, "base": base, "adapters": adapters}
+    return build_tiny_engine_files(tmp_path_factory.mktemp("tiny"))
 
 
 def load(base: Path, **kwargs: Any) -> tuple[Any, Any]:

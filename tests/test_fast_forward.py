@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,17 @@ from adapters.hf_engine import TransformersEngine
 from adapters.kv_cache import KVCache
 from adapters.lora_fusion import fuse_lora
 from assistant.engine import EngineInfo
-from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
+from tests.tiny_models import build_tiny_engine_files, tiny_base_checksum
 
 PROMPT = [3, 17, 42, 9, 77, 5, 120, 64, 33, 8, 91, 2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-fast")
-    base = build_tiny_qwen2(root / "base")
-    adapters = root / "adapters"
-    adapters.mkdir()
-    build_tiny_lora(base, adapters / "alpha", "alpha", "route-a", 1)
-    return {"base": base, "adapters": adapters}
+    return build_tiny_engine_files(tmp_path_factory.mktemp("tiny-fast"), ("alpha",))
 
 
 def engine_for(tiny: dict[str, Path], quantized: bool) -> TransformersEngine:

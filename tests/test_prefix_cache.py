@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +16,7 @@ from adapters.kv_cache import KVCache
 from adapters.prefix_cache import PrefixCache
 from adapters.prompt_fit import fit_prompt, fit_to_context
 from assistant.engine import EngineInfo, GenerationParams, Message, StreamStats
-from tests.tiny_models import build_tiny_lora, build_tiny_qwen2, tiny_base_checksum
+from tests.tiny_models import build_tiny_engine_files, tiny_base_checksum
 
 SYSTEM = "You are Yijia, a helpful assistant."
 INFO = EngineInfo(base_model="tiny-qwen2", quantization="fp32", device="cpu")
@@ -32,23 +31,12 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-prefix")
-    base = build_tiny_qwen2(root / "base")
-    adapters = root / "adapters"
-    adapters.mkdir()
-    build_tiny_lora(base, adapters / "alpha", "alpha", "route-a", 1)
-    build_tiny_lora(base, adapters / "beta", "beta", "route-b", 2)
-    return {"base": base, "adapters": adapters}
+    return build_tiny_engine_files(tmp_path_factory.mktemp("tiny-prefix"))
 
 
 def make_engine(tiny: dict[str, Path], **kwargs: Any) -> TransformersEngine:

@@ -171,6 +171,16 @@ def build_tiny_lora(
     return out_dir
 
 
+def build_tiny_engine_files(root: Path, adapters: tuple[str, ...] = ("alpha", "beta")) -> dict[str, Path]:
+    """A tiny base in `root`/base and random LoRAs on it in `root`/adapters (adapter i routes to route-a, -b, ...)."""
+    base = build_tiny_qwen2(root / "base")
+    store = root / "adapters"
+    store.mkdir()
+    for index, name in enumerate(adapters, start=1):
+        build_tiny_lora(base, store / name, name, f"route-{chr(ord('a') + index - 1)}", index)
+    return {"root": root, "base": base, "adapters": store}
+
+
 def build_tiny_gguf(path: Path, seed: int = 0, output_noise: float | None = 0.02) -> Path:
     """Write the tiny Qwen2 of `build_tiny_qwen2` as a qwen2 GGUF file (F32 tensors, GPT-2 style tokenizer).
 
