@@ -259,3 +259,16 @@ def test_shared_chars_counts_the_common_start_of_two_answers() -> None:
     assert shared_chars("same", "same") == 4
     assert shared_chars("abc", "abcdef") == 3
     assert shared_chars("", "x") == 0
+
+
+def test_router_bench_queries_spread_over_the_held_out_set(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from measurement.bench.router_bench import bench_queries
+
+    lines = [json.dumps({"text": f"question {i}", "label": "general"}) for i in range(10)]
+    (tmp_path / "set.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    router = SimpleNamespace(stored=SimpleNamespace(example_texts=["trained one", "trained two"]))
+    assert bench_queries(router, 5, tmp_path) == [f"question {i}" for i in (0, 2, 4, 6, 8)]
+    # a short held-out set is filled in with training examples
+    assert bench_queries(router, 12, tmp_path)[10:] == ["trained one", "trained two"]

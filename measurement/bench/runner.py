@@ -45,7 +45,7 @@ class BenchOptions:
             repeats=5,
             new_tokens=128,
             prompt_tokens=64,
-            router_queries=50,
+            router_queries=200,
             batch_size=64,
             adapters=10,
             train_steps=3,
