@@ -23,11 +23,16 @@ SELF = "about-assistant"
 OTHER = "other"
 #: The routing data labels some questions about the assistant 'general' (the seed has 你是谁 as
 #: 0). Such lines are left out of the negatives rather than taught as "not about the assistant".
-#: Requests addressed to the assistant ("你能帮我翻译…", "can you write…") stay negatives.
+#: Questions on its memory and abilities are left out too. Requests addressed to the assistant
+#: ("你能帮我翻译…", "can you write…") stay negatives.
 ABOUT_WORDS = re.compile(
     r"你是|你叫|你的名字|你自己|你属于|你背后|是谁|真人|机器人吗|哪家公司|颐家|yijia|yourself|your name|"
     r"who are you|who made|who built|who created|made you|built you|created you|"
-    r"are you (a|an|human|real|chatgpt|qwen|made|built)",
+    r"are you (a|an|human|real|chatgpt|qwen|made|built)|"
+    # Its memory and what it can answer: near the identity templates' "what can you do", so as
+    # negatives they cost the detector identity questions (it missed 4 of 36 probe questions).
+    r"你(会不会|能不能)?(忘|记得|记住)|你有记忆|你(能|会)回答|你知道我是谁|我(叫|的名字是)什么|"
+    r"have (a )?memory|remember (me|my)|questions can you|can you answer|who i am|my name was|are you free",
     re.IGNORECASE,
 )
 

@@ -23,6 +23,9 @@ ROUTING = [
     Example("What is the capital of France?", GENERAL, "w:2"),
     Example("老人摔倒了怎么办", "caregiving", "w:3"),
     Example("Can you help me write an email?", GENERAL, "w:4"),
+    Example("你会不会忘记我", GENERAL, "w:5"),  # its memory: near "what can you do", not a negative either
+    Example("What kinds of questions can you answer?", GENERAL, "w:6"),
+    Example("你能帮我翻译一句话吗", GENERAL, "w:7"),
 ]
 
 
@@ -34,7 +37,9 @@ def test_examples_keep_questions_about_the_assistant_out_of_the_negatives() -> N
     assert positives == questions
     assert "你是谁" not in negatives and "上海颐家的简介" not in negatives
     assert "Can you help me write an email?" in negatives  # a request to the assistant is not about it
-    assert len(negatives) == len(ROUTING) - 2
+    assert "你能帮我翻译一句话吗" in negatives
+    assert "你会不会忘记我" not in negatives and "What kinds of questions can you answer?" not in negatives
+    assert len(negatives) == len(ROUTING) - 4
 
 
 def test_template_questions_are_many_and_bilingual() -> None:
