@@ -31,7 +31,9 @@ EMERGENCY = "emergency"
 OTHER = "other"
 EXAMPLES_FILE = DATA_DIR / "safety" / "emergency-examples.jsonl"
 #: Out-of-fold recall the threshold must keep: a missed emergency costs more than an extra "call 120".
-RECALL_TARGET = 0.98
+#: 98% sat on an edge (260 of 265 written emergencies): ten more everyday lines in the routing data
+#: moved the threshold 0.35 -> 0.55, and a sudden-confusion scenario went unflagged. 99% chose 0.30.
+RECALL_TARGET = 0.99
 THRESHOLD_GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
 _THRESHOLD_FILE = "emergency-threshold.json"
 
@@ -85,6 +87,7 @@ def cross_validated_threshold(stored: StoredRouter, written: Sequence[str] = (),
     hard = np.array([text in own for text in stored.example_texts]) & ~is_emergency
     return {
         "threshold": threshold,
+        "recall_target": RECALL_TARGET,
         "cv_recall": float(np.mean(flagged[is_emergency])),
         "cv_false_alarms": float(np.mean(flagged[~is_emergency])),
         "cv_false_alarms_written": float(np.mean(flagged[hard])) if hard.any() else 0.0,
@@ -162,7 +165,11 @@ def load_or_fit_emergency_signs(
     own = load_examples() if examples is None else list(examples)
     fitted = load_or_fit_router(encoder, detector_examples(own, routing), log, what="emergency-sign detector")
     path = threshold_path(fitted.stored, _THRESHOLD_FILE)
-    chosen = cached_figures(path, lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]))
+    chosen = cached_figures(
+        path,
+        lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]),
+        expect={"recall_target": RECALL_TARGET},
+    )
     return EmergencySigns(fitted.stored, encoder, chosen["threshold"], chosen)
 
 

@@ -28,11 +28,17 @@ def threshold_path(stored: StoredRouter, file_name: str) -> Path:
     return router_cache_dir() / stored.fingerprint[:16] / file_name
 
 
-def cached_figures(path: Path, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """The figures stored at `path`, or `compute()`d and stored there when missing or damaged."""
+def cached_figures(
+    path: Path, compute: Callable[[], dict[str, float]], expect: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The figures stored at `path`, or `compute()`d and stored there when missing, damaged or stale.
+
+    `expect` names figures the stored ones must carry unchanged (the rule that chose the threshold),
+    so a changed rule recomputes instead of reusing a threshold chosen by the old one.
+    """
     try:
         figures = {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        if "threshold" in figures:
+        if "threshold" in figures and all(figures.get(k) == v for k, v in (expect or {}).items()):
             return figures
     except (OSError, ValueError, TypeError, AttributeError):
         pass  # missing or damaged: computed again below

@@ -192,7 +192,21 @@ def test_real_encoder_recognises_paraphrased_danger_signs() -> None:
     missed = [q for q in PARAPHRASED_EMERGENCIES if not policy.prepare(q, "general").asks.emergency]
     assert missed == []
     alarmed = [q for q in HARD_NEGATIVES if policy.prepare(q, "general").asks.emergency]
-    # The threshold keeps 98% cross-validated recall, and about a quarter of the written hard
+    # The threshold keeps 99% cross-validated recall, and about a third of the written hard
     # negatives get the 120 line in cross-validation; which of these borderline ones does moves
-    # with every refit on new routing data ("心梗有哪些常见症状" did after one). Most must stay quiet.
-    assert len(alarmed) <= 1, alarmed
+    # with every refit on new routing data (at 0.30: "心梗有哪些常见症状" and a fall last month
+    # already seen by a doctor). Most must stay quiet.
+    assert len(alarmed) <= 2, alarmed
+
+
+def test_a_threshold_chosen_by_another_recall_target_is_chosen_again(tmp_path: Path) -> None:
+    from assistant.sign_detector import cached_figures
+
+    path = tmp_path / "threshold.json"
+    old = cached_figures(path, lambda: {"threshold": 0.55, "recall_target": 0.98})
+    assert old["threshold"] == 0.55
+    same = cached_figures(path, lambda: {"threshold": 0.1, "recall_target": 0.98}, expect={"recall_target": 0.98})
+    assert same["threshold"] == 0.55  # the stored figures were chosen by the same rule: reused
+    new = cached_figures(path, lambda: {"threshold": 0.3, "recall_target": 0.99}, expect={"recall_target": 0.99})
+    assert new["threshold"] == 0.3
+    assert cached_figures(path, lambda: {"threshold": 0.9})["threshold"] == 0.3  # and stored
