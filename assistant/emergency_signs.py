@@ -22,8 +22,14 @@ import numpy as np
 from assistant.care_rules import classify
 from assistant.classifier import StoredRouter
 from assistant.encoders import Encoder
-from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities
-from assistant.sign_detector import cached_figures, load_detector_examples, threshold_path
+from assistant.router_fit import load_or_fit_router
+from assistant.sign_detector import (
+    cached_figures,
+    load_detector_examples,
+    out_of_fold_scores,
+    threshold_path,
+    written_negatives,
+)
 from data import DATA_DIR
 from data.labels import GENERAL, Example
 
@@ -75,16 +81,11 @@ def cross_validated_threshold(stored: StoredRouter, written: Sequence[str] = (),
     False alarms are also given on the `written` negatives alone (the hard ones: long-term care,
     general questions about a condition, mild complaints, past events).
     """
-    labels = stored.example_labels
-    l2 = float(stored.metrics.get("l2", 0.01))
-    probs, classes = out_of_fold_probabilities(stored.example_vectors.astype(np.float32), labels, folds, l2)
-    scores = probs[:, classes.index(EMERGENCY)]
-    is_emergency = np.array([label == EMERGENCY for label in labels])
+    scores, is_emergency = out_of_fold_scores(stored, EMERGENCY, folds)
     threshold = choose_threshold(scores, is_emergency)
     flagged = scores >= threshold
     either = flagged | np.array([classify(text).emergency for text in stored.example_texts])
-    own = set(written)
-    hard = np.array([text in own for text in stored.example_texts]) & ~is_emergency
+    hard = written_negatives(stored, written, is_emergency)
     return {
         "threshold": threshold,
         "recall_target": RECALL_TARGET,

@@ -21,8 +21,14 @@ import numpy as np
 from assistant.care_rules import classify
 from assistant.classifier import StoredRouter
 from assistant.encoders import Encoder
-from assistant.router_fit import load_or_fit_router, out_of_fold_probabilities
-from assistant.sign_detector import cached_figures, load_detector_examples, threshold_path
+from assistant.router_fit import load_or_fit_router
+from assistant.sign_detector import (
+    cached_figures,
+    load_detector_examples,
+    out_of_fold_scores,
+    threshold_path,
+    written_negatives,
+)
 from data import DATA_DIR
 from data.labels import Example
 
@@ -68,16 +74,11 @@ def cross_validated_threshold(stored: StoredRouter, written: Sequence[str] = (),
     False alarms are also given on the `written` negatives alone (the hard ones), and recall for
     the live regex alone and the regex or the detector, on the written live questions.
     """
-    labels = stored.example_labels
-    l2 = float(stored.metrics.get("l2", 0.01))
-    probs, classes = out_of_fold_probabilities(stored.example_vectors.astype(np.float32), labels, folds, l2)
-    scores = probs[:, classes.index(LIVE)]
-    is_live = np.array([label == LIVE for label in labels])
+    scores, is_live = out_of_fold_scores(stored, LIVE, folds)
     threshold = choose_threshold(scores, is_live)
     flagged = scores >= threshold
     by_rules = np.array([classify(text).live for text in stored.example_texts])
-    own = set(written)
-    hard = np.array([text in own for text in stored.example_texts]) & ~is_live
+    hard = written_negatives(stored, written, is_live)
     return {
         "threshold": threshold,
         "cv_recall": float(np.mean(flagged[is_live])),

@@ -6,8 +6,10 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from assistant.classifier import StoredRouter
-from assistant.router_fit import router_cache_dir
+from assistant.router_fit import out_of_fold_probabilities, router_cache_dir
 from data.errors import BadInputFile
 from data.labels import Example, load_labelled_file
 
@@ -21,6 +23,20 @@ def load_detector_examples(path: Path, labels: Sequence[str]) -> list[Example]:
             number = int(line) if line.isdigit() else None
             raise BadInputFile(str(path), number, f"label {example.label!r}", f"use {' or '.join(labels)}")
     return examples
+
+
+def out_of_fold_scores(stored: StoredRouter, positive: str, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each stored example's out-of-fold probability of `positive` (same L2 as the fit), and which are `positive`."""
+    labels = stored.example_labels
+    l2 = float(stored.metrics.get("l2", 0.01))
+    probs, classes = out_of_fold_probabilities(stored.example_vectors.astype(np.float32), labels, folds, l2)
+    return probs[:, classes.index(positive)], np.array([label == positive for label in labels])
+
+
+def written_negatives(stored: StoredRouter, written: Sequence[str], is_positive: np.ndarray) -> np.ndarray:
+    """Which stored examples are negatives from the detector's own written file (the hard ones)."""
+    own = set(written)
+    return np.array([text in own for text in stored.example_texts]) & ~is_positive
 
 
 def threshold_path(stored: StoredRouter, file_name: str) -> Path:
