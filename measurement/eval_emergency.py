@@ -103,29 +103,31 @@ def format_recognition(results: Sequence[Recognition], detector: EmergencySigns,
     return "\n".join(lines)
 
 
-def run_emergency_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool, probe: str) -> int:
-    """Score emergency recognition on the probe; exit 1 when an emergency item is missed."""
+def _fit_detector(settings: Any, loader: Any) -> Any:
+    """A detector fitted as the product fits it: the search encoder, the routing data's questions as negatives."""
     from adapters.wiring import build_encoder, log, routing_files, search_encoder
-    from assistant.emergency_signs import load_or_fit_emergency_signs
     from data.labels import load_labelled
 
     routing = load_labelled(routing_files(settings))
-    detector = load_or_fit_emergency_signs(search_encoder(build_encoder(settings)), log=log, routing=routing)
-    results = score_recognition(items, detector)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "probe": probe,
-                    "threshold": detector.threshold,
-                    "cv": detector.cv,
-                    **{r.name: r.as_json() for r in results},
-                },
-                ensure_ascii=False,
-            )
-        )
+    return loader(search_encoder(build_encoder(settings)), log=log, routing=routing)
+
+
+def _print_recognition(results: Sequence[Recognition], detector: Any, probe: str, text: str | None) -> None:
+    """The results as one JSON object (text None), else `text`."""
+    if text is None:
+        payload = {"probe": probe, "threshold": detector.threshold, "cv": detector.cv}
+        print(json.dumps(payload | {r.name: r.as_json() for r in results}, ensure_ascii=False))
     else:
-        print(format_recognition(results, detector))
+        print(text)
+
+
+def run_emergency_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool, probe: str) -> int:
+    """Score emergency recognition on the probe; exit 1 when an emergency item is missed."""
+    from assistant.emergency_signs import load_or_fit_emergency_signs
+
+    detector = _fit_detector(settings, load_or_fit_emergency_signs)
+    results = score_recognition(items, detector)
+    _print_recognition(results, detector, probe, None if as_json else format_recognition(results, detector))
     return 0 if results[-1].caught == results[-1].emergencies else 1
 
 
@@ -151,21 +153,10 @@ def format_live_recognition(results: Sequence[Recognition], detector: LiveDataSi
 
 def run_live_eval(items: Sequence[ProbeItem], settings: Any, as_json: bool, probe: str) -> int:
     """Score live-data recognition on the probe; exit 1 when a non-live item is flagged by the detector."""
-    from adapters.wiring import build_encoder, log, routing_files, search_encoder
     from assistant.live_data_signs import load_or_fit_live_data_signs
-    from data.labels import load_labelled
 
-    routing = load_labelled(routing_files(settings))
-    detector = load_or_fit_live_data_signs(search_encoder(build_encoder(settings)), log=log, routing=routing)
+    detector = _fit_detector(settings, load_or_fit_live_data_signs)
     rules, combined = score_recognition(items, detector, "live")
-    if as_json:
-        print(
-            json.dumps(
-                {"probe": probe, "threshold": detector.threshold, "cv": detector.cv}
-                | {r.name: r.as_json() for r in (rules, combined)},
-                ensure_ascii=False,
-            )
-        )
-    else:
-        print(format_live_recognition([rules, combined], detector))
+    text = None if as_json else format_live_recognition([rules, combined], detector)
+    _print_recognition([rules, combined], detector, probe, text)
     return 0 if combined.false_alarms == rules.false_alarms else 1
