@@ -8,7 +8,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from assistant.classifier import SoftmaxClassifier, StoredRouter
+from assistant.encoders import Encoder
 from assistant.engine import AdapterInfo, EngineInfo, GenerationParams, Message, StreamStats
+from data.labels import Example
 
 
 class HashingEncoder:
@@ -71,3 +74,12 @@ class ScriptedEngine:
 
 def adapter_info(name: str, route: str) -> AdapterInfo:
     return AdapterInfo(name=name, route=route, path=f"/nowhere/{name}")
+
+
+def stored_classifier(encoder: Encoder, examples: Sequence[Example]) -> StoredRouter:
+    """A classifier fitted on `examples` with `encoder`, no thresholds: what a detector or router holds."""
+    x = encoder.encode([e.text for e in examples])
+    labels = [e.label for e in examples]
+    return StoredRouter(
+        SoftmaxClassifier.fit(x, labels), 0.0, 0.0, encoder.name, "fp", [e.text for e in examples], labels, x
+    )

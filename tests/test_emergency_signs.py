@@ -11,7 +11,6 @@ import pytest
 
 from assistant.answer_policy import AnswerPolicy
 from assistant.care_rules import classify
-from assistant.classifier import SoftmaxClassifier, StoredRouter
 from assistant.emergency_signs import (
     EMERGENCY,
     EXAMPLES_FILE,
@@ -26,7 +25,7 @@ from assistant.emergency_signs import (
 from data.errors import BadInputFile
 from data.labels import Example
 from measurement.eval_emergency import load_recognition_probe, score_recognition
-from tests.fakes import HashingEncoder
+from tests.fakes import HashingEncoder, stored_classifier
 
 BLEEDING = ["外婆腿上的血一直往外冒", "外婆手上的血一直往外冒", "外公脚上的血一直往外冒", "爷爷头上的血一直往外冒"]
 CARE = ["怎么给老人洗澡比较安全", "老人便秘怎么办", "老人晚上睡不着怎么办", "推荐几道适合老人的菜"]
@@ -36,12 +35,7 @@ UNSEEN_BLEEDING = "奶奶腿上的血一直往外冒"
 
 
 def fitted_detector(encoder: HashingEncoder, threshold: float = 0.5) -> EmergencySigns:
-    x = encoder.encode([e.text for e in EXAMPLES])
-    labels = [e.label for e in EXAMPLES]
-    stored = StoredRouter(
-        SoftmaxClassifier.fit(x, labels), 0.0, 0.0, encoder.name, "fp", [e.text for e in EXAMPLES], labels, x
-    )
-    return EmergencySigns(stored, encoder, threshold)
+    return EmergencySigns(stored_classifier(encoder, EXAMPLES), encoder, threshold)
 
 
 def test_detector_fits_flags_and_is_cached() -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from assistant.answer_policy import AnswerPolicy
 from assistant.care_rules import classify
-from assistant.classifier import SoftmaxClassifier, StoredRouter
 from assistant.live_data_signs import (
     EXAMPLES_FILE,
     LIVE,
@@ -24,7 +23,7 @@ from assistant.live_data_signs import (
 from data.errors import BadInputFile
 from data.labels import GENERAL, Example
 from measurement.eval_emergency import load_recognition_probe, score_recognition
-from tests.fakes import HashingEncoder
+from tests.fakes import HashingEncoder, stored_classifier
 
 ASKS_NOW = ["外头现在落雨伐", "外头现在落雪伐", "外头现在刮风伐", "外头现在出太阳伐"]
 CARE = ["怎么给老人洗澡比较安全", "老人便秘怎么办", "老人晚上睡不着怎么办", "推荐几道适合老人的菜"]
@@ -34,12 +33,7 @@ UNSEEN_LIVE = "外头现在落冰雹伐"
 
 
 def fitted_detector(encoder: HashingEncoder, threshold: float = 0.5) -> LiveDataSigns:
-    x = encoder.encode([e.text for e in EXAMPLES])
-    labels = [e.label for e in EXAMPLES]
-    stored = StoredRouter(
-        SoftmaxClassifier.fit(x, labels), 0.0, 0.0, encoder.name, "fp", [e.text for e in EXAMPLES], labels, x
-    )
-    return LiveDataSigns(stored, encoder, threshold)
+    return LiveDataSigns(stored_classifier(encoder, EXAMPLES), encoder, threshold)
 
 
 def test_detector_fits_flags_and_is_cached() -> None:
