@@ -70,15 +70,7 @@ class LlamaCppPeer:
         reuse our engine gets from its prefix cache); the rest is prefilled, then `new_tokens` decoded.
         """
         started = time.perf_counter()
-        made = 0
-        generator = self._llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True)
-        try:
-            for _ in generator:
-                made += 1
-                if made >= new_tokens:
-                    break
-        finally:
-            generator.close()
+        made = len(self.greedy_ids(ids, new_tokens, keep_prefix=True))
         return time.perf_counter() - started, made
 
     def greedy_ids(self, ids: list[int], new_tokens: int, keep_prefix: bool) -> list[int]:
