@@ -102,7 +102,7 @@ def build_router(
     adapters = installed_adapters(settings, progress) if adapters is None else adapters
     encoder = encoder or build_encoder(settings)
     examples = load_labelled(routing_files(settings, adapters))
-    fitted = load_or_fit_router(encoder, examples, progress)
+    fitted = load_or_fit_router(encoder, examples, progress, head=settings.router_head)
     about = load_or_fit_detector(encoder, examples, log=progress)
     routes: dict[str, str | None] = {GENERAL: None}
     routes.update({a.route: a.name for a in adapters})

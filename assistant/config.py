@@ -91,6 +91,13 @@ class Settings:
         default=(REPO_ROOT / "data" / "routing",),
         metadata={"help": "labelled routing files or folders the router is fitted on"},
     )
+    router_head: str = field(
+        default="linear",
+        metadata={
+            "help": "the route classifier on the embeddings: 'linear' (softmax) or 'mlp' (one hidden layer)",
+            "choices": ("linear", "mlp"),
+        },
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens", "above": 0})
     max_context: int | None = field(
         default=None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.classifier import SoftmaxClassifier, StoredRouter
+from assistant.classifier import HEADS, MLP_L2, Classifier, MlpClassifier, SoftmaxClassifier, StoredRouter
 from assistant.config import cache_dir
 from assistant.encoders import Encoder
 from assistant.metrics import ClassificationReport, classification_report
@@ -35,9 +35,11 @@ class FitResult:
     from_cache: bool = False
 
 
-def fingerprint(encoder_name: str, examples: Sequence[Example]) -> str:
-    """Identifies a router by its encoder and its exact training data."""
-    digest = hashlib.sha256(f"{FIT_VERSION}\x00{encoder_name}".encode())
+def fingerprint(encoder_name: str, examples: Sequence[Example], head: str = "linear") -> str:
+    """Identifies a router by its encoder, its head and its exact training data."""
+    # The linear head keeps its old key, so the detectors' cached fits (and thresholds) stay valid.
+    tag = "" if head == "linear" else f"\x00head={head}"
+    digest = hashlib.sha256(f"{FIT_VERSION}\x00{encoder_name}{tag}".encode())
     for ex in sorted(examples, key=lambda e: (e.label, e.text)):
         digest.update(f"\x00{ex.label}\x01{ex.text}".encode())
     return digest.hexdigest()
@@ -58,8 +60,15 @@ def stratified_folds(labels: Sequence[str], k: int, seed: int = 0) -> list[np.nd
 L2_GRID = (0.01, 0.03, 0.1)
 
 
+def _fit_head(head: str, x: np.ndarray, labels: Sequence[str], l2: float) -> Classifier:
+    """The linear head at this L2, or the MLP at its own fixed width and L2."""
+    if head == "mlp":
+        return MlpClassifier.fit(x, labels)
+    return SoftmaxClassifier.fit(x, labels, l2=l2)
+
+
 def out_of_fold_probabilities(
-    x: np.ndarray, labels: Sequence[str], k: int = 5, l2: float = 0.01
+    x: np.ndarray, labels: Sequence[str], k: int = 5, l2: float = 0.01, head: str = "linear"
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Each example scored by a classifier that never saw it."""
     classes = tuple(sorted(set(labels)))
@@ -67,7 +76,7 @@ def out_of_fold_probabilities(
     y = np.array(labels)
     for held in stratified_folds(labels, k):
         train = np.setdiff1d(np.arange(len(labels)), held)
-        clf = SoftmaxClassifier.fit(x[train], list(y[train]), l2=l2)
+        clf = _fit_head(head, x[train], list(y[train]), l2)
         cols = np.array([classes.index(c) for c in clf.classes])
         probs[np.ix_(held, cols)] = clf.predict_proba(x[held])
     return probs, classes
@@ -108,20 +117,29 @@ def encode_with_progress(
 
 
 def fit_router(
-    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, folds: int = 5
+    encoder: Encoder,
+    examples: Sequence[Example],
+    log: Callable[[str], None] | None = None,
+    folds: int = 5,
+    head: str = "linear",
 ) -> FitResult:
-    """Fit the classifier on all examples, with thresholds and a report from k-fold cross-validation."""
+    """Fit the classifier on all examples, with thresholds and a report from k-fold cross-validation.
+
+    `head` is "linear" (L2 chosen by cross-validation) or "mlp" (`assistant.classifier.MlpClassifier`).
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown router head {head!r}: choose one of {sorted(HEADS)}")
     log = log or (lambda s: None)
     labels = [e.label for e in examples]
     if len(set(labels)) < 2:
         raise ValueError("the router needs examples of at least two routes")
     x = encode_with_progress(encoder, [e.text for e in examples], log)
     best: tuple[float, float, np.ndarray, tuple[str, ...]] | None = None
-    for l2 in L2_GRID:
-        oof, oof_classes = out_of_fold_probabilities(x, labels, folds, l2)
+    for l2 in L2_GRID if head == "linear" else (MLP_L2,):
+        oof, oof_classes = out_of_fold_probabilities(x, labels, folds, l2, head)
         top = [oof_classes[i] for i in oof.argmax(axis=1)]
         score = balanced_accuracy(labels, top)
-        log(f"router: l2={l2:g} cross-validated balanced accuracy {score:.1%}\n")
+        log(f"router: {head} head, l2={l2:g}, cross-validated balanced accuracy {score:.1%}\n")
         if best is None or score > best[0] + 1e-9:
             best = (score, l2, oof, oof_classes)
     assert best is not None
@@ -130,11 +148,11 @@ def fit_router(
     cv_predicted = [decide(p, classes, min_conf, min_margin)[0] for p in probs]
     report = classification_report(labels, cv_predicted)
     stored = StoredRouter(
-        classifier=SoftmaxClassifier.fit(x, labels, l2=l2),
+        classifier=_fit_head(head, x, labels, l2),
         min_confidence=min_conf,
         min_margin=min_margin,
         encoder_name=encoder.name,
-        fingerprint=fingerprint(encoder.name, examples),
+        fingerprint=fingerprint(encoder.name, examples, head),
         example_texts=[e.text for e in examples],
         example_labels=labels,
         example_vectors=x.astype(np.float16),
@@ -142,6 +160,7 @@ def fit_router(
             "cv_accuracy": report.accuracy,
             "folds": folds,
             "l2": l2,
+            "head": head,
             "examples": len(examples),
             **report.as_dict(),
         },
@@ -170,11 +189,15 @@ def save_router(stored: StoredRouter, folder: Path | None = None) -> Path:
 
 
 def load_or_fit_router(
-    encoder: Encoder, examples: Sequence[Example], log: Callable[[str], None] | None = None, what: str = "router"
+    encoder: Encoder,
+    examples: Sequence[Example],
+    log: Callable[[str], None] | None = None,
+    what: str = "router",
+    head: str = "linear",
 ) -> FitResult:
-    """The cached router for exactly this encoder and data, fitted (and cached) when missing or damaged."""
+    """The cached router for exactly this encoder, head and data, fitted (and cached) when missing or damaged."""
     log = log or (lambda s: print(s, end="", file=sys.stderr, flush=True))
-    key = fingerprint(encoder.name, examples)
+    key = fingerprint(encoder.name, examples, head)
     folder = router_cache_dir() / key[:16]
     try:
         stored = StoredRouter.load(folder)
@@ -187,6 +210,6 @@ def load_or_fit_router(
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         pass  # missing or damaged: refit below
     log(f"fitting the {what} on {len(examples)} labelled examples (once; cached afterwards)\n")
-    result = fit_router(encoder, examples, log)
+    result = fit_router(encoder, examples, log, head=head)
     save_router(result.stored, folder)
     return result

@@ -26,7 +26,6 @@ from assistant.encoders import Encoder
 from assistant.router import GENERAL
 from assistant.router_fit import balanced_accuracy, fit_router, stratified_folds
 from data.labels import HELDOUT_DIR, Example, load_labelled
-from measurement.mlp_head import MlpHead
 
 LOFO_FILE = "written-real-users.jsonl"  # the training file most like real users: held out whole in `lofo`
 SHIFT_GRID = tuple(np.round(np.arange(-1.0, 2.01, 0.25), 2))  # log-odds added to every non-general route
@@ -48,7 +47,7 @@ class _Table:
 class Candidate:
     name: str
     tuned: bool  # vectors from the encoder tuned on the training part
-    head: str  # "linear" (the product's fit, L2 by CV) or "mlp"
+    head: str  # "linear" (L2 by CV) or "mlp", each fitted by the product's `fit_router`
     rule: str  # "thresholds" (abstention fitted by CV), "argmax", or "shift" (caregiving prior from `lofo`)
 
 
@@ -59,6 +58,7 @@ CANDIDATES = (
     Candidate("tuned encoder + linear head, no thresholds", True, "linear", "argmax"),
     Candidate("tuned encoder + linear head, prior shift from lofo", True, "linear", "shift"),
     Candidate("tuned encoder + MLP head", True, "mlp", "argmax"),
+    Candidate("tuned encoder + MLP head + thresholds", True, "mlp", "thresholds"),
 )
 
 
@@ -81,24 +81,23 @@ Head = Callable[[np.ndarray], Scores]
 
 
 def fit_heads(x: np.ndarray, examples: Sequence[Example]) -> dict[str, Head]:
-    """The product's linear head (with its CV thresholds) and the MLP, fitted on (x, examples)."""
+    """The product's two heads, each fitted as the product fits it (with its CV thresholds), on (x, examples)."""
     from assistant.router import decide
 
     table = _Table("candidates", [e.text for e in examples], x)
-    stored = fit_router(table, examples).stored
-    clf = stored.classifier
 
-    def linear(v: np.ndarray) -> Scores:
-        p = clf.predict_proba(v)
-        return Scores(clf.classes, p, [decide(r, clf.classes, stored.min_confidence, stored.min_margin)[0] for r in p])
+    def head_of(name: str) -> Head:
+        stored = fit_router(table, examples, head=name).stored
+        clf = stored.classifier
 
-    mlp = MlpHead.fit(x, [e.label for e in examples])
+        def scores(v: np.ndarray) -> Scores:
+            p = clf.predict_proba(v)
+            picked = [decide(r, clf.classes, stored.min_confidence, stored.min_margin)[0] for r in p]
+            return Scores(clf.classes, p, picked)
 
-    def wide(v: np.ndarray) -> Scores:
-        p = mlp.predict_proba(v)
-        return Scores(mlp.classes, p, mlp.predict(v))
+        return scores
 
-    return {"linear": linear, "mlp": wide}
+    return {"linear": head_of("linear"), "mlp": head_of("mlp")}
 
 
 class Vectors:
@@ -249,10 +248,18 @@ def markdown(results: dict[str, Any], held_out: str = "real-users-validation.jso
 
 
 def read_held_out(names: Sequence[str]) -> dict[str, list[dict[str, str]]]:
-    """Held-out rows with a `lang` (given, or zh when the text has CJK characters)."""
+    """Held-out rows with a `lang` (given, or zh when the text has CJK characters).
+
+    A name joining files with `+` is one set of their rows together (a set kept in one file per language).
+    """
     out = {}
     for name in names:
-        rows = [json.loads(line) for line in (HELDOUT_DIR / name).read_text("utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for part in name.split("+")
+            for line in (HELDOUT_DIR / part).read_text("utf-8").splitlines()
+            if line.strip()
+        ]
         for row in rows:
             row.setdefault("lang", "zh" if any("\u4e00" <= c <= "\u9fff" for c in row["text"]) else "en")
         out[name] = rows
@@ -271,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", default="cv5,lofo", help="comma-separated: cv5, lofo")
     parser.add_argument("--encoders", default="base,tuned", help="comma-separated: base, tuned")
     parser.add_argument("--leave-out", default="", help="comma-separated training files to fit without")
+    parser.add_argument(
+        "--train-extra", type=Path, action="append", default=[], help="a labelled file to fit on too (a trial batch)"
+    )
+    parser.add_argument(
+        "--held-out",
+        default="real-users-validation.jsonl,validation.jsonl",
+        help="comma-separated files of data/routing/heldout/ to score once the choice is made",
+    )
     parser.add_argument("--layers", type=int, default=DEFAULT_RECIPE.layers, help="tuning recipe: top blocks tuned")
     parser.add_argument("--epochs", type=int, default=DEFAULT_RECIPE.epochs)
     parser.add_argument("--rank", type=int, default=DEFAULT_RECIPE.rank)
@@ -290,8 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return load_or_tune(base, part, recipe, progress=lambda s: None)
 
     skipped = tuple(f for f in args.leave_out.split(",") if f)
-    examples = [e for e in load_labelled(routing_files(Settings())) if not (skipped and e.source.startswith(skipped))]
-    held_out = read_held_out(("real-users-validation.jsonl", "validation.jsonl"))
+    files = [*routing_files(Settings()), *args.train_extra]
+    examples = [e for e in load_labelled(files) if not (skipped and e.source.startswith(skipped))]
+    held_out = read_held_out(tuple(n for n in args.held_out.split(",") if n))
     texts = [e.text for e in examples] + [r["text"] for rows in held_out.values() for r in rows]
     vectors = Vectors(texts, base, log, tune)
     candidates = [c for c in CANDIDATES if c.tuned in wanted]
@@ -299,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["recipe"] = recipe.as_dict()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(markdown(results))
+    for name in held_out:
+        print(markdown(results, name))
     return 0
 
 

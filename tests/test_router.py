@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assistant.classifier import SoftmaxClassifier, StoredRouter
+from assistant.classifier import MlpClassifier, SoftmaxClassifier, StoredRouter
 from assistant.router import GENERAL, Router, decide
 from assistant.router_fit import fingerprint, fit_router, fit_thresholds, load_or_fit_router
 from data.labels import Example
@@ -141,3 +141,53 @@ def test_routing_and_similarity_search_may_use_different_encoders(encoder) -> No
     assert router.search_encoder is search
     assert router.route("骨折病人的护理要点").route == "caregiving"
     assert Counting.calls == 0  # routing never encodes with the search encoder
+
+
+def test_mlp_head_fits_stores_and_loads_without_pickle(encoder, tmp_path) -> None:
+    fitted = fit_router(encoder, examples(), folds=3, head="mlp")
+    assert isinstance(fitted.stored.classifier, MlpClassifier)
+    assert fitted.stored.metrics["head"] == "mlp"
+    x = encoder.encode([e.text for e in examples()])
+    predicted = [fitted.stored.classifier.classes[i] for i in fitted.stored.classifier.predict_proba(x).argmax(axis=1)]
+    assert predicted == [e.label for e in examples()]
+    fitted.stored.save(tmp_path)
+    with np.load(tmp_path / "router.npz", allow_pickle=False) as arrays:
+        assert set(arrays.files) >= {"w1", "b1", "w2", "b2", "mean", "scale", "example_vectors"}
+    loaded = StoredRouter.load(tmp_path)
+    assert isinstance(loaded.classifier, MlpClassifier)
+    assert np.allclose(loaded.classifier.predict_proba(x), fitted.stored.classifier.predict_proba(x), atol=1e-6)
+
+
+def test_mlp_fit_is_deterministic(encoder) -> None:
+    x = encoder.encode([e.text for e in examples()])
+    labels = [e.label for e in examples()]
+    first, second = MlpClassifier.fit(x, labels, epochs=50), MlpClassifier.fit(x, labels, epochs=50)
+    assert np.array_equal(first.predict_proba(x), second.predict_proba(x))
+
+
+def test_head_is_part_of_the_cache_key_and_linear_keeps_its_old_key(encoder) -> None:
+    ex = examples()
+    assert fingerprint(encoder.name, ex) == fingerprint(encoder.name, ex, "linear")
+    assert fingerprint(encoder.name, ex, "mlp") != fingerprint(encoder.name, ex)
+    linear = load_or_fit_router(encoder, ex, log=lambda s: None)
+    mlp = load_or_fit_router(encoder, ex, log=lambda s: None, head="mlp")
+    assert not mlp.from_cache and isinstance(mlp.stored.classifier, MlpClassifier)
+    assert isinstance(linear.stored.classifier, SoftmaxClassifier)
+    assert load_or_fit_router(encoder, ex, log=lambda s: None, head="mlp").from_cache
+
+
+def test_format_1_router_loads_as_linear_and_unknown_head_is_refused(encoder, tmp_path) -> None:
+    import json
+
+    fit_router(encoder, examples(), folds=3).stored.save(tmp_path)
+    meta = json.loads((tmp_path / "router.json").read_text("utf-8"))
+    del meta["head"]
+    meta["format"] = 1
+    (tmp_path / "router.json").write_text(json.dumps(meta), "utf-8")
+    assert isinstance(StoredRouter.load(tmp_path).classifier, SoftmaxClassifier)
+    meta["format"], meta["head"] = 2, "forest"
+    (tmp_path / "router.json").write_text(json.dumps(meta), "utf-8")
+    with pytest.raises(ValueError, match="head"):
+        StoredRouter.load(tmp_path)
+    with pytest.raises(ValueError, match="head"):
+        fit_router(encoder, examples(), head="forest")

@@ -90,3 +90,12 @@ def test_held_out_slices_split_by_language_and_route() -> None:
     out = held_out_slices(rows, ["caregiving", "caregiving", "caregiving", "general"])
     assert out["all"] == 0.75 and out["zh"] == 0.5 and out["en"] == 1.0
     assert out["caregiving"] == 1.0 and out["general"] == 0.5 and out["zh general"] == 0.0
+
+
+def test_a_held_out_name_joined_by_plus_is_one_set_of_both_files() -> None:
+    from measurement.routing_candidates import read_held_out
+
+    zh, en = "real-public-zh-test.jsonl", "real-public-en-test.jsonl"
+    sets = read_held_out([zh, en, f"{zh}+{en}"])
+    assert sets[f"{zh}+{en}"] == sets[zh] + sets[en]
+    assert {r["lang"] for r in sets[zh]} == {"zh"} and {r["lang"] for r in sets[en]} == {"en"}

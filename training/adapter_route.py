@@ -50,7 +50,9 @@ def guard_route(
 
 def refit_router(guard: RouteGuard, settings: Settings, route: str, log: Callable[[str], None]) -> None:
     """Refit on the files the app loads (now with the installed adapter's examples) and cache it for the app."""
-    result, folder = router_refit.refit_and_store(guard.encoder, wiring.routing_files(settings), log)
+    result, folder = router_refit.refit_and_store(
+        guard.encoder, wiring.routing_files(settings), log, settings.router_head
+    )
     log(
         f"router refitted with route {route!r}: cross-validated accuracy {result.cv_report.accuracy:.1%} "
         f"on {len(result.stored.example_labels)} examples; stored in {folder}"

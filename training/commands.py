@@ -190,7 +190,7 @@ def run_train_router(args: Any, settings: Settings) -> int:
     if len({e.label for e in examples}) < 2:
         raise UsageError("the router needs examples of at least two routes", "add labelled files with --data")
     log(f"fitting the router on {len(examples)} examples from {len(files)} file(s)/folder(s)")
-    result, folder = refit_and_store(build_encoder(settings), files, log)
+    result, folder = refit_and_store(build_encoder(settings), files, log, settings.router_head)
     print(f"router: {len(examples)} examples, routes {', '.join(result.cv_report.labels)}")
     print("cross-validated (5-fold, abstention thresholds included):")
     print(result.cv_report.format())

@@ -117,8 +117,10 @@ def check_route(
     return RouterCheck(before, after_existing, report.accuracy, len(added), len(everything), report)
 
 
-def refit_and_store(encoder: Any, files: Sequence[Path], log: Callable[[str], None]) -> tuple[FitResult, Path]:
-    """Fit on exactly the files the app will load and cache it where the app's loader looks."""
+def refit_and_store(
+    encoder: Any, files: Sequence[Path], log: Callable[[str], None], head: str = "linear"
+) -> tuple[FitResult, Path]:
+    """Fit on exactly the files (and head) the app will load and cache it where the app's loader looks."""
     examples = load_labelled(files)
-    result = fit_router(encoder, examples, log)
+    result = fit_router(encoder, examples, log, head=head)
     return result, save_router(result.stored)
