@@ -32,7 +32,9 @@ ABOUT_WORDS = re.compile(
     # Its memory and what it can answer: near the identity templates' "what can you do", so as
     # negatives they cost the detector identity questions (it missed 4 of 36 probe questions).
     r"你(会不会|能不能)?(忘|记得|记住)|你有记忆|你(能|会)回答|你知道我是谁|我(叫|的名字是)什么|"
-    r"have (a )?memory|remember (me|my)|questions can you|can you answer|who i am|my name was|are you free",
+    r"have (a )?memory|remember (me|my)|questions can you|can you answer|who i am|my name was|are you free|"
+    # What it can do, as users say it to a voice assistant ("小布小布 你会干什么"): the identity templates ask it too.
+    r"what can you do|你(会|能)(干|做)什么",
     re.IGNORECASE,
 )
 

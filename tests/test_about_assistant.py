@@ -26,6 +26,8 @@ ROUTING = [
     Example("你会不会忘记我", GENERAL, "w:5"),  # its memory: near "what can you do", not a negative either
     Example("What kinds of questions can you answer?", GENERAL, "w:6"),
     Example("你能帮我翻译一句话吗", GENERAL, "w:7"),
+    Example("小布小布 你会干什么", GENERAL, "w:8"),  # what it can do, as said to a voice assistant
+    Example("you're useless lol", GENERAL, "w:9"),  # teasing is chit-chat, a fair negative
 ]
 
 
@@ -39,7 +41,8 @@ def test_examples_keep_questions_about_the_assistant_out_of_the_negatives() -> N
     assert "Can you help me write an email?" in negatives  # a request to the assistant is not about it
     assert "你能帮我翻译一句话吗" in negatives
     assert "你会不会忘记我" not in negatives and "What kinds of questions can you answer?" not in negatives
-    assert len(negatives) == len(ROUTING) - 4
+    assert "小布小布 你会干什么" not in negatives and "you're useless lol" in negatives
+    assert len(negatives) == len(ROUTING) - 5
 
 
 def test_template_questions_are_many_and_bilingual() -> None:
