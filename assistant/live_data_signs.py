@@ -6,7 +6,7 @@ the model makes the figure up. This classifier is fitted on data/safety/live-dat
 (live questions told many ways, and hard negatives: care questions that mention the weather or
 the time, climate, how to find opening hours) plus the router's questions, with the search encoder.
 Precision comes first: a false flag replaces a whole care answer with "I can't access live
-information", so the threshold keeps out-of-fold false alarms on the negatives at or under 0.5%.
+information", so the threshold keeps out-of-fold false alarms on the negatives at or under 1%.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ from data.labels import Example
 LIVE = "live"
 OTHER = "other"
 EXAMPLES_FILE = DATA_DIR / "safety" / "live-data-examples.jsonl"
-#: Out-of-fold false-alarm rate on the negatives the threshold may not exceed.
-FALSE_ALARM_LIMIT = 0.005
+#: Out-of-fold false-alarm rate on the negatives the threshold may not exceed. It was 0.5%; at that
+#: limit the threshold rose with every change of the routing data (0.76, 0.77, 0.83), and at 0.83 the
+#: care route missed "whats the AQI in Shanghai right now? dad has COPD..." (score 0.745) and answered
+#: it with an invented AQI and an invented web address. A missed live question invents facts; a false
+#: flag costs a care answer, not a fact, so 1% (threshold 0.69 on the 2026-12-02 data).
+FALSE_ALARM_LIMIT = 0.01
 THRESHOLD_GRID = tuple(float(t) for t in np.round(np.arange(0.30, 0.991, 0.01), 2))
 _THRESHOLD_FILE = "live-data-threshold.json"
 
@@ -89,6 +93,7 @@ def cross_validated_threshold(stored: StoredRouter, written: Sequence[str] = (),
         "negatives": float(np.sum(~is_live)),
         "negatives_written": float(np.sum(hard)),
         "folds": folds,
+        "false_alarm_limit": FALSE_ALARM_LIMIT,
     }
 
 
@@ -131,5 +136,9 @@ def load_or_fit_live_data_signs(
     own = load_examples() if examples is None else list(examples)
     fitted = load_or_fit_router(encoder, detector_examples(own, routing), log, what="live-data detector")
     path = threshold_path(fitted.stored, _THRESHOLD_FILE)
-    chosen = cached_figures(path, lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]))
+    chosen = cached_figures(
+        path,
+        lambda: cross_validated_threshold(fitted.stored, [e.text for e in own]),
+        expect={"false_alarm_limit": FALSE_ALARM_LIMIT},
+    )
     return LiveDataSigns(fitted.stored, encoder, chosen["threshold"], chosen)
