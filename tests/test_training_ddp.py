@@ -30,8 +30,13 @@ from training.config import TrainConfig
 #: of the sums (each rank pads its share to its own length and the ranks' gradients are added) and
 #: the 4-bit base's bf16 matmuls on differently shaped batches. Measured: 2.7e-5. Two AdamW steps
 #: at 5e-3 move the weights by up to 1e-2, so a wrong shard (a sample seen twice or not at all)
-#: lands far outside this.
+#: lands far outside this. AdamW divides each gradient by its own running size, so an element whose
+#: gradient is rounding noise (lora_A at step 2, while lora_B is still near zero) moves by a full
+#: step in a sign the noise picks: measured on another machine, 1 of 16,384 elements differed by
+#: 6.1e-3 (a sign flip), the median by 1.7e-8. So all but OUTLIERS elements must agree within the
+#: tolerance, and none by more than the two steps can move.
 WEIGHT_TOLERANCE = 1e-3
+OUTLIERS = 0.001
 #: Losses (train and validation), relative: sums of the same per-token losses in another order.
 LOSS_TOLERANCE = 1e-4
 
@@ -166,11 +171,17 @@ def test_two_cpu_ranks_train_the_same_adapter_as_one_process(tmp_path: Path, mon
     weights_one = load_file(str(tmp_path / "single" / "adapters" / "pets" / "adapter_model.safetensors"))
     weights_two = load_file(str(tmp_path / "ddp" / "adapters" / "pets" / "adapter_model.safetensors"))
     assert set(weights_two) == set(weights_one)
-    diff = max(float((weights_two[k] - weights_one[k]).abs().max()) for k in weights_one)
+    diffs = torch.cat([(weights_two[k] - weights_one[k]).abs().flatten() for k in weights_one])
+    diff = float(diffs.max())
+    off = int((diffs >= WEIGHT_TOLERANCE).sum())
     moved = max(float(t.abs().max()) for k, t in weights_one.items() if "lora_B" in k)  # B starts at zero
     worst_loss = max(abs(a - b) / b for a, b in zip(got + during_two, want + during_one, strict=True))
-    print(f"\nmax |LoRA weight difference| {diff:.1e} (lora_B moved up to {moved:.1e}); loss {worst_loss:.1e} rel.")
-    assert diff < WEIGHT_TOLERANCE < moved / 5
+    print(
+        f"\nmax |LoRA weight difference| {diff:.1e}, {off} of {diffs.numel()} elements over {WEIGHT_TOLERANCE:g} "
+        f"(lora_B moved up to {moved:.1e}); loss {worst_loss:.1e} rel."
+    )
+    assert off <= OUTLIERS * diffs.numel() and WEIGHT_TOLERANCE < moved / 5
+    assert diff <= 2.2 * moved  # two AdamW steps at most, even for an element steered by noise
     assert all(t.dtype == torch.float32 for t in weights_two.values())
 
     # Rank 0 alone reports; rank 1 trains silently.
