@@ -21,6 +21,21 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _standardised_balanced(
+    x: np.ndarray, labels: Sequence[str]
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What both heads fit on: the routes (sorted), each example's route index, the standardising mean
+    and scale, the standardised inputs, and class-balanced weights, shape (n, 1)."""
+    classes = tuple(sorted(set(labels)))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[label] for label in labels])
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6  # E5 cosines sit in a narrow band: standardising spreads them out
+    counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
+    weights = (len(y) / (len(classes) * counts))[y][:, None]  # balanced: each route counts as much as the others
+    return classes, y, mean, scale, (x - mean) / scale, weights
+
+
 @dataclass
 class SoftmaxClassifier:
     """Multinomial logistic regression with L2 and class-balanced weights on standardised inputs."""
@@ -36,17 +51,10 @@ class SoftmaxClassifier:
         cls, x: np.ndarray, labels: Sequence[str], l2: float = 1e-2, steps: int = 400, lr: float = 0.5
     ) -> SoftmaxClassifier:
         """Full-batch gradient descent with momentum; E5 vectors are small, so this takes well under a second."""
-        classes = tuple(sorted(set(labels)))
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[label] for label in labels])
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0) + 1e-6  # E5 cosines sit in a narrow band: standardising spreads them out
-        xs = (x - mean) / scale
+        classes, y, mean, scale, xs, sample_w = _standardised_balanced(x, labels)
         n, dim = xs.shape
         k = len(classes)
         onehot = np.eye(k)[y]
-        counts = np.bincount(y, minlength=k).astype(np.float64)
-        sample_w = (n / (k * counts))[y][:, None]  # balanced: each route counts as much as the others
         w = np.zeros((dim, k))
         b = np.zeros(k)
         vw, vb = np.zeros_like(w), np.zeros_like(b)
@@ -110,15 +118,13 @@ class MlpClassifier:
         seed: int = 0,
     ) -> MlpClassifier:
         """Deterministic for a given seed and data (numpy on CPU, full batch)."""
-        classes = tuple(sorted(set(labels)))
-        y = np.array([classes.index(label) for label in labels])
+        classes, y, mean, scale, standardised, balanced = _standardised_balanced(x, labels)
         rng = np.random.default_rng(seed)
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        xs = ((x - mean) / scale).astype(np.float32)
+        xs = standardised.astype(np.float32)
+        weight = balanced.astype(np.float32)
         n, dim = xs.shape
         k = len(classes)
         onehot = np.eye(k, dtype=np.float32)[y]
-        weight = (n / (k * np.bincount(y, minlength=k)))[y][:, None].astype(np.float32)
         params = {
             "w1": rng.normal(0, np.sqrt(2 / dim), (dim, hidden)).astype(np.float32),
             "b1": np.zeros(hidden, np.float32),
@@ -173,7 +179,8 @@ HEADS: dict[str, type[SoftmaxClassifier] | type[MlpClassifier]] = {"linear": Sof
 
 
 def head_name(classifier: Classifier) -> str:
-    return "mlp" if isinstance(classifier, MlpClassifier) else "linear"
+    """The name `HEADS` files this classifier's type under."""
+    return next(name for name, kind in HEADS.items() if isinstance(classifier, kind))
 
 
 @dataclass

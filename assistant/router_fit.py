@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.classifier import HEADS, MLP_L2, Classifier, MlpClassifier, SoftmaxClassifier, StoredRouter
+from assistant.classifier import HEADS, MLP_L2, Classifier, StoredRouter
 from assistant.config import cache_dir
 from assistant.encoders import Encoder
 from assistant.metrics import ClassificationReport, classification_report
@@ -61,10 +61,8 @@ L2_GRID = (0.01, 0.03, 0.1)
 
 
 def _fit_head(head: str, x: np.ndarray, labels: Sequence[str], l2: float) -> Classifier:
-    """The linear head at this L2, or the MLP at its own fixed width and L2."""
-    if head == "mlp":
-        return MlpClassifier.fit(x, labels)
-    return SoftmaxClassifier.fit(x, labels, l2=l2)
+    """The named head (`HEADS`) fitted at this L2."""
+    return HEADS[head].fit(x, labels, l2=l2)
 
 
 def out_of_fold_probabilities(
